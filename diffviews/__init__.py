@@ -1,0 +1,3 @@
+"""DiffViews: look inside diffusion image models."""
+
+__version__ = "0.1.0"

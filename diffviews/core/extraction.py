@@ -1,0 +1,50 @@
+"""Record layer activations of real images noised to several noise levels.
+
+Point order is noise-level-major: point ``j * N + i`` is sample ``i`` at
+``noise_levels[j]``. Noise is drawn from one seeded generator, so the same inputs give
+the same activations; each image really is noised (x + sigma * eps) before the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .hooks import ActivationExtractor
+
+
+@torch.no_grad()
+def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_levels: Sequence[float],
+                        layers: Sequence[str], seed: int = 0, batch_size: int = 256,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """``images`` (N, C, H, W) float32 in the model's range → {layer: (len(levels) * N, D) float32}."""
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if images.ndim != 4 or images.shape[1:] != (adapter.channels, adapter.resolution, adapter.resolution):
+        raise ValueError(f"images have shape {images.shape}; expected (N, {adapter.channels}, "
+                         f"{adapter.resolution}, {adapter.resolution})")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    n, layers = len(images), list(layers)
+    shapes = adapter.get_layer_shapes()
+    out = {layer: np.empty((len(noise_levels) * n, int(np.prod(shapes[layer]))), dtype=np.float32)
+           for layer in layers}
+    gen = torch.Generator().manual_seed(int(seed))
+    total, done = len(noise_levels) * n, 0
+    with ActivationExtractor(adapter, layers) as ex:
+        for j, level in enumerate(noise_levels):
+            sigma = adapter.noise_level_to_native(float(level))
+            for start in range(0, n, batch_size):
+                x0 = torch.from_numpy(images[start:start + batch_size]).to(adapter.device)
+                eps = torch.randn(x0.shape, generator=gen).to(adapter.device)
+                y = torch.from_numpy(labels[start:start + batch_size]).to(adapter.device)
+                adapter.forward(adapter.add_noise(x0, sigma, eps), sigma, y)
+                rows = slice(j * n + start, j * n + start + len(x0))
+                for layer, act in ex.get_activations().items():
+                    out[layer][rows] = act.flatten(1).float().cpu().numpy()
+                done += len(x0)
+                if progress is not None:
+                    progress(done, total)
+    return out

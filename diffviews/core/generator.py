@@ -1,0 +1,124 @@
+"""generate(): one class-conditional sampling run with optional activation masking.
+
+The mask is held during the first ``mask_steps`` steps (highest noise first), then
+released. Intermediates (denoised estimates, noised inputs, layer activations) are
+collected by a per-step callback on the sampler loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .hooks import ActivationExtractor, ActivationMasker
+from .sampling import NOISE_MODES, make_noise_sampler, sample
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (B, H, W, C) uint8, final samples
+    denoised: np.ndarray  # (S, B, H, W, C) uint8, denoised estimate at each step
+    noised: np.ndarray  # (S, B, H, W, C) uint8, the noised input x at each step
+    trajectory: dict[str, np.ndarray]  # layer -> (S, B, D) float32, conditional half only
+    sigmas: np.ndarray  # (S + 1,) native noise schedule, ending in the clean value
+    noise_levels: np.ndarray  # (S + 1,) the same schedule in universal noise level %
+    params: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] → (B, H, W, C) uint8."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def noised_for_display(x: torch.Tensor) -> np.ndarray:
+    """A noised input scaled so its per-sample spread fits the display range."""
+    std = x.flatten(1).std(dim=1).clamp(min=1.0).reshape(-1, 1, 1, 1)
+    return to_uint8(x / std)
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or int(value) != value or not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be an integer within [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def generate(adapter, class_label: int | None = None, num_steps: int = 20, mask_steps: int = 0,
+             noise_max: float = 100.0, noise_min: float = 0.0, guidance_scale: float = 1.0,
+             noise_mode: str = "stochastic", seed: int = 0,
+             masks: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+             extract_layers: Sequence[str] | None = None, num_samples: int = 1, alpha: float = 1.0,
+             callback: Callable[[dict], None] | None = None) -> GenerationResult:
+    """Sample ``num_samples`` images of ``class_label`` (None: unconditional).
+
+    ``masks`` maps layer → (1, C, H, W) target held for the first ``mask_steps`` steps,
+    blended with strength ``alpha``. ``extract_layers`` are recorded at every step.
+    """
+    num_steps = _check_int("num_steps", num_steps, 1, 1000)
+    mask_steps = _check_int("mask_steps", mask_steps, 0, num_steps)
+    num_samples = _check_int("num_samples", num_samples, 1, 256)
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode {noise_mode!r}; choose one of {', '.join(NOISE_MODES)}")
+    if not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if class_label is None:
+        label = adapter.null_class
+    else:
+        label = _check_int("class_label", class_label, 0, adapter.num_classes - 1)
+    extract_layers = list(extract_layers or [])
+    for layer in [*extract_layers, *(masks or {})]:
+        adapter.get_layer_module(layer)  # raises with the list of known layers
+
+    device = adapter.device
+    gen = torch.Generator().manual_seed(int(seed))
+    sigmas = adapter.get_timesteps(num_steps, noise_max, noise_min).to(device)
+    x = adapter.get_initial_noise(num_samples, generator=gen, noise_max=noise_max)
+    noise_sampler = make_noise_sampler(noise_mode, tuple(x.shape), gen, device)
+    labels = torch.full((num_samples,), label, dtype=torch.long, device=device)
+
+    denoised_steps: list[np.ndarray] = []
+    noised_steps: list[np.ndarray] = []
+    traj: dict[str, list[np.ndarray]] = {layer: [] for layer in extract_layers}
+
+    with ExitStack() as stack:
+        # the masker is attached first, so the extractor records what the network really used
+        masker = stack.enter_context(ActivationMasker(adapter, masks, alpha)) if masks and mask_steps else None
+        extractor = stack.enter_context(ActivationExtractor(adapter, extract_layers)) if extract_layers else None
+
+        def denoise(x_t, sigma, i):
+            if masker is not None:
+                masker.enabled = i < mask_steps
+            return adapter.forward_with_cfg(x_t, sigma, labels, guidance_scale)
+
+        def on_step(info: dict) -> None:
+            denoised_steps.append(to_uint8(info["denoised"]))
+            noised_steps.append(noised_for_display(info["x"]))
+            if extractor is not None:
+                for layer, act in extractor.get_activations().items():
+                    traj[layer].append(act[:num_samples].flatten(1).float().cpu().numpy())
+            if callback is not None:
+                callback(info)
+
+        final = sample(denoise, adapter.step, x, sigmas, noise_sampler, on_step)
+
+    sig = sigmas.cpu().numpy().astype(np.float64)
+    return GenerationResult(
+        images=to_uint8(final),
+        denoised=np.stack(denoised_steps),
+        noised=np.stack(noised_steps),
+        trajectory={k: np.stack(v).astype(np.float32) for k, v in traj.items()},
+        sigmas=sig,
+        noise_levels=np.asarray(adapter.native_to_noise_level(np.maximum(sig, 0.0)), dtype=np.float64),
+        params={"class_label": class_label, "num_steps": num_steps, "mask_steps": mask_steps,
+                "noise_max": noise_max, "noise_min": noise_min, "guidance_scale": guidance_scale,
+                "noise_mode": noise_mode, "seed": int(seed), "num_samples": num_samples, "alpha": alpha,
+                "masked_layers": sorted(masks or {})},
+    )

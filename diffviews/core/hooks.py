@@ -1,0 +1,133 @@
+"""Forward hooks as context managers, in the spirit of TransformerLens' hook points.
+
+``ActivationExtractor`` records named layers' outputs; ``ActivationMasker`` replaces (or
+blends) them with fixed targets. Hooks are removed when the ``with`` block exits, also
+when it exits with an error.
+
+    with ActivationExtractor(adapter, ["mid"]) as ex:
+        adapter.forward(x, sigma, labels)
+    acts = ex.get_activations()          # {"mid": (B, C, H, W)}
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+
+class _HookContext(ABC):
+    """Attaches one forward hook per named layer for the life of a ``with`` block."""
+
+    def __init__(self, adapter, layers: Iterable[str]):
+        self.adapter = adapter
+        self.layers = list(dict.fromkeys(layers))
+        self.modules = {name: adapter.get_layer_module(name) for name in self.layers}
+        self._handles: list = []
+
+    @abstractmethod
+    def _make_hook(self, name: str) -> Callable:
+        """The forward hook for layer ``name``."""
+
+    def __enter__(self):
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+
+class ActivationExtractor(_HookContext):
+    """Records the output of each named layer on every forward pass (last one kept).
+
+    ``on_activation(name, tensor)``, if given, is called for every recorded output,
+    which is how per-step trajectories are collected without keeping every pass.
+    """
+
+    def __init__(self, adapter, layers: Iterable[str], detach: bool = True,
+                 on_activation: Callable[[str, torch.Tensor], None] | None = None):
+        super().__init__(adapter, layers)
+        self.detach = detach
+        self.on_activation = on_activation
+        self._activations: dict[str, torch.Tensor] = {}
+
+    def _make_hook(self, name: str) -> Callable:
+        def hook(module, inputs, output):
+            out = output.detach() if self.detach else output
+            self._activations[name] = out
+            if self.on_activation is not None:
+                self.on_activation(name, out)
+
+        return hook
+
+    def get_activations(self) -> dict[str, torch.Tensor]:
+        return dict(self._activations)
+
+    def clear(self) -> None:
+        self._activations.clear()
+
+
+class ActivationMasker(_HookContext):
+    """Replaces each named layer's output with a fixed target while ``enabled``.
+
+    ``masks`` maps layer → (1, C, H, W) or (C, H, W) array/tensor, broadcast over the
+    batch. With blend strength ``alpha`` the output becomes (1 - alpha)·own + alpha·target;
+    alpha = 1 is plain replacement.
+    """
+
+    def __init__(self, adapter, masks: Mapping[str, np.ndarray | torch.Tensor], alpha: float = 1.0):
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"blend strength alpha must be within [0, 1], got {alpha}")
+        super().__init__(adapter, masks.keys())
+        shapes = adapter.get_layer_shapes()
+        self.alpha = float(alpha)
+        self.enabled = True
+        self.targets: dict[str, torch.Tensor] = {}
+        for name, mask in masks.items():
+            t = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not torch.is_tensor(mask) else mask)
+            t = t.to(device=adapter.device, dtype=torch.float32)
+            if t.ndim == 3:
+                t = t.unsqueeze(0)
+            if t.ndim == 2 and t.shape[0] == 1:  # a flattened (1, D) row
+                t = t.reshape(1, *shapes[name])
+            if tuple(t.shape[1:]) != tuple(shapes[name]) or t.shape[0] != 1:
+                raise ValueError(f"mask for layer {name!r} has shape {tuple(t.shape)}; "
+                                 f"expected (1, {', '.join(map(str, shapes[name]))})")
+            self.targets[name] = t
+
+    def _make_hook(self, name: str) -> Callable:
+        def hook(module, inputs, output):
+            if not self.enabled:
+                return None
+            target = self.targets[name].to(output.dtype).expand_as(output)
+            if self.alpha >= 1.0:
+                return target.clone()
+            return torch.lerp(output, target, self.alpha)
+
+        return hook
+
+
+def run_with_cache(adapter, x: torch.Tensor, native, class_labels: torch.Tensor,
+                   layers: Iterable[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass returning (denoised, {layer: activation}) — handy in notebooks."""
+    layers = adapter.hookable_layers if layers is None else list(layers)
+    with ActivationExtractor(adapter, layers) as ex, torch.no_grad():
+        out = adapter.forward(x, native, class_labels)
+    return out, ex.get_activations()

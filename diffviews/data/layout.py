@@ -1,0 +1,157 @@
+"""The data-directory layout, in one place.
+
+    <data_dir>/<model>/config.json                 adapter, checkpoint, defaults
+    <data_dir>/<model>/images/<sample_id>.png      clean sample images
+    <data_dir>/<model>/metadata.csv                one row per point
+    <data_dir>/<model>/activations/<layer>.npy     (N, D) float32, + <layer>.json sidecar
+    <data_dir>/<model>/embeddings/<layer>.csv      2-D map, + <layer>.json (params, backend)
+
+``checkpoint`` in config.json is either ``package:<path>`` (relative to the installed
+``diffviews`` package, used by the bundled demo) or a path relative to the model folder
+(an absolute path also works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffviews
+
+PACKAGE_PREFIX = "package:"
+REQUIRED_CONFIG_KEYS = {
+    "adapter": str,
+    "checkpoint": str,
+    "default_steps": int,
+    "default_guidance": (int, float),
+    "noise_max": (int, float),
+    "noise_min": (int, float),
+    "noise_levels": list,
+    "default_layer": str,
+}
+
+
+class DataLayoutError(ValueError):
+    """A file in the data directory is missing or does not hold what it should."""
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DIFFVIEWS_DATA_DIR", "data"))
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata.csv"
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.root / "activations"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def image(self, sample_id: int) -> Path:
+        return self.images / f"{int(sample_id):06d}.png"
+
+    def activations(self, layer: str) -> Path:
+        return self.activations_dir / f"{_safe(layer)}.npy"
+
+    def activations_sidecar(self, layer: str) -> Path:
+        return self.activations_dir / f"{_safe(layer)}.json"
+
+    def embedding(self, layer: str, suffix: str = "") -> Path:
+        return self.embeddings_dir / f"{_safe(layer)}{suffix}.csv"
+
+    def embedding_meta(self, layer: str, suffix: str = "") -> Path:
+        return self.embeddings_dir / f"{_safe(layer)}{suffix}.json"
+
+    def reducer_cache(self, layer: str, suffix: str = "") -> Path:
+        """Local pickle of a fitted pipeline: a cache only, never shared or trusted blindly."""
+        return self.embeddings_dir / f"{_safe(layer)}{suffix}.pkl"
+
+
+def model_paths(data_dir: str | Path, model: str) -> ModelPaths:
+    return ModelPaths(Path(data_dir) / _safe(model))
+
+
+def _safe(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise DataLayoutError(f"invalid name {name!r}: must be a plain file name")
+    return name
+
+
+def discover_models(data_dir: str | Path) -> list[str]:
+    """Model folders under ``data_dir`` that have a config.json, sorted."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def load_config(paths: ModelPaths) -> dict:
+    """Read and validate ``config.json``; errors name the file and the problem."""
+    if not paths.config.is_file():
+        raise DataLayoutError(f"missing model config: {paths.config}")
+    try:
+        config = json.loads(paths.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataLayoutError(f"malformed JSON in {paths.config}: {exc}") from None
+    if not isinstance(config, dict):
+        raise DataLayoutError(f"{paths.config} must hold a JSON object, got {type(config).__name__}")
+    for key, typ in REQUIRED_CONFIG_KEYS.items():
+        if key not in config:
+            raise DataLayoutError(f"{paths.config} lacks required key {key!r} "
+                                  f"(required: {', '.join(REQUIRED_CONFIG_KEYS)})")
+        if not isinstance(config[key], typ) or isinstance(config[key], bool):
+            raise DataLayoutError(f"{paths.config}: {key!r} has the wrong type "
+                                  f"({type(config[key]).__name__}: {config[key]!r})")
+    return config
+
+
+def write_config(paths: ModelPaths, config: dict) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tmp = paths.config.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(paths.config)
+
+
+def resolve_checkpoint(paths: ModelPaths, config: dict) -> Path:
+    ref = config["checkpoint"]
+    if ref.startswith(PACKAGE_PREFIX):
+        path = Path(diffviews.__file__).parent / ref[len(PACKAGE_PREFIX):]
+    else:
+        path = Path(ref) if Path(ref).is_absolute() else paths.root / ref
+    if not path.is_file():
+        raise DataLayoutError(f"checkpoint {ref!r} from {paths.config} not found at {path}")
+    return path
+
+
+def load_adapter(paths: ModelPaths, device: str = "cpu"):
+    """The model's adapter, loaded from its checkpoint as config.json says."""
+    from ..adapters import get_adapter
+
+    config = load_config(paths)
+    try:
+        adapter_cls = get_adapter(config["adapter"])
+    except KeyError as exc:
+        raise DataLayoutError(f"{paths.config}: {exc.args[0]}") from None
+    return adapter_cls.from_checkpoint(resolve_checkpoint(paths, config), device=device)
