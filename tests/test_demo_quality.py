@@ -4,8 +4,9 @@ mid layer at another class's mean activation steers what comes out."""
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
+from scipy import ndimage
 from sklearn.model_selection import train_test_split
+from sklearn.svm import SVC
 
 from diffviews.adapters import get_adapter
 from diffviews.core.extraction import extract_activations
@@ -19,11 +20,12 @@ STEER_PAIRS = {"digits": [(0, 1), (3, 7), (5, 4)], "shapes": [(0, 1), (2, 3), (5
 
 
 def features(images: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1]; for RGB the per-pixel max, so the classifier sees shape, not colour."""
-    f = images.astype(np.float32) / 255.0
-    if f.shape[-1] == 3:
-        f = f.max(axis=-1)
-    return f.reshape(len(f), -1)
+    """Per-pixel max over channels in [0, 1] (shape, not colour), shifted so the centre of
+    mass sits in the middle (position does not matter either)."""
+    f = images.astype(np.float32).max(axis=-1) / 255.0
+    centre = (np.array(f.shape[1:]) - 1) / 2
+    out = [ndimage.shift(im, centre - np.array(ndimage.center_of_mass(im + 1e-6)), order=1) for im in f]
+    return np.stack(out).reshape(len(f), -1)
 
 
 @pytest.fixture(scope="module", params=DEMO_MODELS)
@@ -32,7 +34,7 @@ def model(request):
     ds = load_dataset(name)
     x_tr, x_te, y_tr, y_te = train_test_split(features(ds.images), ds.labels, test_size=0.25,
                                               random_state=0, stratify=ds.labels)
-    clf = LogisticRegression(max_iter=3000, C=0.5).fit(x_tr, y_tr)
+    clf = SVC(C=10.0).fit(x_tr, y_tr)
     adapter = get_adapter("edm-demo").from_checkpoint(weights_path(name), device="cpu")
     return name, ds, clf, clf.score(x_te, y_te), adapter
 

@@ -39,9 +39,9 @@ MODEL_RECIPES: dict[str, tuple[UNetConfig, TrainConfig]] = {
         TrainConfig(steps=3000),
     ),
     "shapes": (
-        UNetConfig(resolution=32, in_channels=3, num_classes=6, channels=(16, 32, 64),
+        UNetConfig(resolution=32, in_channels=3, num_classes=6, channels=(16, 64, 128),
                    class_names=("circle", "square", "triangle", "star", "cross", "ring")),
-        TrainConfig(steps=4000, hflip=True),
+        TrainConfig(steps=3500, hflip=True),
     ),
 }
 

@@ -205,3 +205,7 @@ def fit_umap(request: FitRequest) -> FitResult:
 
 def layer_shapes(model: str) -> dict[str, tuple[int, ...]]:
     return get_gpu_backend().layer_shapes(model)
+
+from .process_backend import ProcessBackend  # noqa: E402  (re-export; process_backend imports gpu_ops lazily)
+
+__all__ += ["ProcessBackend"]

@@ -1,0 +1,177 @@
+"""The DiffViews web app: wires the layout (``layout.py``) to the handlers (``callbacks.py``).
+
+    python -m diffviews.visualization.app --data-dir data          # or: diffviews viz
+    demo = create_gradio_app(GradioVisualizer("data")); launch_app(demo, port=7860)
+
+Named API endpoints (for ``gradio_client``; every client is its own session):
+``/select_point``, ``/plot_event``, ``/hover``, ``/knn``, ``/clear_selection``,
+``/filter_class``, ``/switch_model``, ``/switch_layer``, ``/switch_view``, ``/generate``,
+``/prev_frame``, ``/next_frame``, ``/choose_trajectory``,
+``/clear_trajectories``, ``/export_selection``, ``/export_generation``.
+"""
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+
+import gradio as gr
+
+from . import callbacks as cb
+from .layout import CUSTOM_CSS, PLOTLY_HANDLER_JS, build_layout
+from .models import ModelData
+from .visualizer import GradioVisualizer, set_app_visualizer
+
+__all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "main", "ModelData", "CUSTOM_CSS",
+           "PLOTLY_HANDLER_JS", "_app_visualizer", "ENDPOINT_OUTPUTS"]
+
+log = logging.getLogger(__name__)
+
+_app_visualizer: GradioVisualizer | None = None
+
+VIEW = ["plot", "status", "session_info"]
+SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
+GENERATION = ["generated_image", "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown"]
+MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_steps", "gen_mask_steps",
+         "gen_guidance", "gen_noise_max", "gen_noise_min"]
+FRAME = ["plot", "session_info", "frame_image", "frame_info"]
+GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
+              "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
+
+# api_name -> (trigger component, event, handler, inputs after the state, outputs, concurrency group)
+EVENTS = {
+    "plot_event": ("plot_bridge", "change", cb.plot_event, ["plot_bridge", "neighbor_toggle"],
+                   VIEW + SELECTION + ["frame_image", "frame_info"], "light"),
+    "select_point": ("select_button", "click", cb.select_point, ["point_index", "neighbor_toggle"],
+                     VIEW + SELECTION, "light"),
+    "knn": ("knn_button", "click", cb.suggest_knn, ["knn_k", "knn_space"], VIEW + SELECTION, "light"),
+    "clear_selection": ("clear_button", "click", cb.clear_selection, [], VIEW + SELECTION, "light"),
+    "filter_class": ("class_filter", "input", cb.filter_class, ["class_filter"], VIEW, "light"),
+    "switch_model": ("model_dropdown", "input", cb.switch_model, ["model_dropdown"],
+                     VIEW + SELECTION + GENERATION + MODEL, "model"),
+    "switch_layer": ("layer_dropdown", "input", cb.switch_layer, ["layer_dropdown"],
+                     VIEW + SELECTION + GENERATION + ["layer_dropdown"], "layer"),
+    "switch_view": ("view_radio", "input", cb.switch_view, ["view_radio"], VIEW + SELECTION + ["view_radio"],
+                    "layer"),
+    "generate": ("generate_button", "click", cb.generate, GEN_INPUTS, VIEW + GENERATION, "generate"),
+    "choose_trajectory": ("trajectory_dropdown", "input", cb.choose_trajectory, ["trajectory_dropdown"],
+                          VIEW + GENERATION, "light"),
+    "clear_trajectories": ("clear_trajectories_button", "click", cb.clear_trajectories, [], VIEW + GENERATION,
+                           "light"),
+    "export_selection": ("export_selection_button", "click", cb.export_selection, [], ["export_file", "status"],
+                         "export"),
+    "export_generation": ("export_generation_button", "click", cb.export_generation, [],
+                          ["export_file", "status"], "export"),
+}
+#: how many of one kind of work run at once (a group shares its limit)
+CONCURRENCY = {"hover": 8, "light": 8, "model": 2, "layer": 1, "generate": 1, "export": 2}
+#: api_name -> the names of its outputs, in the order a client receives them (the state is not among them)
+ENDPOINT_OUTPUTS = {name: spec[4] for name, spec in EVENTS.items()}
+ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAME, next_frame=FRAME)
+
+
+def _handler(vis: GradioVisualizer, fn, outputs: list[str]):
+    """``fn(vis, state, *inputs) -> (state, {name: value})`` as a Gradio function returning
+    ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``)."""
+
+    def run(*args):
+        state, out = fn(vis, *args)
+        return (state, *[out.get(name, gr.skip()) for name in outputs])
+
+    params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
+    run.__signature__ = inspect.Signature(params)
+    run.__name__ = fn.__name__
+    return run
+
+
+def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True) -> gr.Blocks:
+    """The app for ``visualizer``: layout, per-session state and every event, queued with
+    a concurrency limit per kind of work. Launch it with ``launch_app`` (adds the CSS).
+    ``warmup`` starts umap-learn's JIT compilation in a background thread (once per process)."""
+    global _app_visualizer
+    if warmup:
+        from ..processing.umap import warmup as umap_warmup
+
+        umap_warmup(background=True)
+    _app_visualizer = set_app_visualizer(visualizer)
+    vis = visualizer
+    session = cb.initial_session(vis)
+    with gr.Blocks(title="DiffViews") as demo:
+        ui = build_layout(vis, session)
+        state = gr.State(session, delete_callback=lambda s: vis.generations.discard(getattr(s, "generations", ())))
+        ui["state"] = state
+
+        def listen(component, event, fn, inputs, outputs, api_name, group, **kw):
+            getattr(ui[component], event)(
+                fn, inputs=[state, *[ui[n] for n in inputs]], outputs=[state, *[ui[n] for n in outputs]],
+                api_name=api_name, concurrency_id=group, concurrency_limit=CONCURRENCY[group],
+                show_progress=kw.pop("show_progress", "minimal" if group == "light" else "full"), **kw)
+
+        for api_name, (component, event, fn, inputs, outputs, group) in EVENTS.items():
+            extra = {"trigger_mode": "always_last"} if event == "change" else {}
+            listen(component, event, _handler(vis, fn, outputs), inputs, outputs, api_name, group, **extra)
+
+        def hover(state, payload):
+            out = cb.hover(vis, state, payload)
+            return tuple(out.get(name, gr.skip()) for name in ENDPOINT_OUTPUTS["hover"])
+
+        ui["hover_bridge"].change(hover, inputs=[state, ui["hover_bridge"]],
+                                  outputs=[ui[n] for n in ENDPOINT_OUTPUTS["hover"]], api_name="hover",
+                                  trigger_mode="always_last", concurrency_id="hover", queue=False,
+                                  concurrency_limit=CONCURRENCY["hover"], show_progress="hidden")
+
+        def step(delta):
+            return lambda vis, state: cb.step_frame(vis, state, delta)
+
+        for name, button, delta in (("prev_frame", "prev_button", -1), ("next_frame", "next_button", 1)):
+            listen(button, "click", _handler(vis, step(delta), FRAME), [], FRAME, name, "light")
+
+        def on_step_selected(state, evt: gr.SelectData):
+            state, out = cb.show_frame(vis, state, evt.index)
+            return (state, *[out.get(n, gr.skip()) for n in FRAME])
+
+        ui["steps_gallery"].select(on_step_selected, inputs=[state], outputs=[state, *[ui[n] for n in FRAME]],
+                                   api_visibility="private", concurrency_id="light",
+                                   concurrency_limit=CONCURRENCY["light"], show_progress="minimal")
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
+    """``demo.launch`` with the app's CSS (Gradio 6 takes css in launch, not in Blocks)."""
+    return demo.launch(server_name=host, server_port=port, share=share, css=CUSTOM_CSS, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffviews viz", description="Serve the DiffViews web app.")
+    p.add_argument("--data-dir", default=os.environ.get("DIFFVIEWS_DATA_DIR", "data"),
+                   help="data directory with one folder per model (default: $DIFFVIEWS_DATA_DIR or ./data)")
+    p.add_argument("--model", default=None, help="model shown first (default: the first one found)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--device", default=None, help="torch device for the model (default: cuda if available)")
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    p.add_argument("--max-models", type=int, default=1, help="models kept in memory at once (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.port <= 65535:
+        print(f"error: --port must be within [1, 65535], got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        vis = GradioVisualizer(args.data_dir, device=args.device, max_resident_models=args.max_models,
+                               default_model=args.model)
+        demo = create_gradio_app(vis)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    launch_app(demo, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

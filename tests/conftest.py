@@ -1,0 +1,74 @@
+"""Shared fixtures.
+
+``tiny_data_dir``: a data directory holding ``digits/`` built ONCE per test session by the
+real pipeline (bundled digits weights, 60 samples × 3 noise levels = 180 points, layer
+"mid", its 2-D map). Treat it as read-only; copy it (``shutil.copytree``) to change it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_MODEL = "digits"
+# one torch thread: tiny batches gain nothing from more, and shared cores stall them
+TINY_BUILD = {"num_samples": 60, "noise_levels": [80.0, 50.0, 20.0], "seed": 0, "progress": False, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_build_kwargs() -> dict:
+    """The keyword arguments ``tiny_data_dir`` was built with (for re-runs of the build)."""
+    return dict(TINY_BUILD)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    from diffviews.data.build import build_model_data
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    build_model_data(root, TINY_MODEL, **TINY_BUILD)
+    return root
+
+
+# ---- the web app, launched once per session (tests/test_app_api.py, browser tests) -------------
+
+APP_SECOND_MODEL = "shapes"
+APP_SECOND_BUILD = {"num_samples": 30, "noise_levels": [80.0, 40.0], "seed": 0, "progress": False}
+
+
+@pytest.fixture(scope="session")
+def app_data_dir(tiny_data_dir, tmp_path_factory):
+    """A writable data directory for the app: a copy of ``tiny_data_dir``'s digits plus a
+    tiny shapes model (30 samples × 2 noise levels = 60 points, layer "mid")."""
+    import shutil
+
+    from diffviews.data.build import build_model_data
+
+    root = tmp_path_factory.mktemp("app_data")
+    shutil.copytree(tiny_data_dir / TINY_MODEL, root / TINY_MODEL)
+    build_model_data(root, APP_SECOND_MODEL, **APP_SECOND_BUILD)
+    return root
+
+
+@pytest.fixture(scope="session")
+def running_app(app_data_dir):
+    """The DiffViews app launched ONCE per test session on 127.0.0.1 (a free port), one
+    resident model at a time. Yields a namespace: url, data_dir, visualizer, demo."""
+    import socket
+    from types import SimpleNamespace
+
+    from diffviews.visualization import gpu_ops
+    from diffviews.visualization.app import GradioVisualizer, create_gradio_app, launch_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    previous = gpu_ops.get_gpu_backend()
+    visualizer = GradioVisualizer(app_data_dir, device="cpu", max_resident_models=1, default_model=TINY_MODEL)
+    demo = create_gradio_app(visualizer, warmup=False)  # the build above already compiled umap's JIT
+    launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", data_dir=app_data_dir, visualizer=visualizer,
+                              demo=demo)
+    finally:
+        demo.close()
+        gpu_ops.set_gpu_backend(previous)

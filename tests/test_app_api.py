@@ -1,0 +1,158 @@
+"""The launched app through its named API endpoints, with ``gradio_client`` (no browser).
+
+Each ``Client`` is its own session. The app (``running_app`` in conftest.py) serves two
+models (tiny digits and tiny shapes) with one resident at a time, so two clients on
+different models force evictions and transparent reloads between their requests.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from concurrent.futures import wait
+from pathlib import Path
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+from gradio_client import Client
+
+from diffviews.visualization import gpu_ops
+from diffviews.visualization.app import ENDPOINT_OUTPUTS
+from diffviews.visualization.callbacks import ALL_CLASSES, FROM_SELECTION
+
+GEN_ARGS = (FROM_SELECTION, 4, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, 1)
+
+
+def call(client: Client, api: str, *args) -> dict:
+    """One endpoint call → {output name: value}."""
+    result = client.predict(*args, api_name=f"/{api}")
+    result = result if isinstance(result, (list, tuple)) else (result,)
+    return dict(zip(ENDPOINT_OUTPUTS[api], result, strict=True))
+
+
+def figure(out: dict) -> dict:
+    return json.loads(out["plot"]["plot"])
+
+
+def rings(out: dict, name: str) -> list[int]:
+    found = [t for t in figure(out)["data"] if t.get("meta") == "ring" and t["name"] == name]
+    return found[0]["customdata"] if found else []
+
+
+def client_for(app) -> Client:
+    return Client(app.url, verbose=False, download_files=str(app.data_dir / "downloads"))
+
+
+@pytest.fixture(scope="module")
+def client(running_app) -> Client:
+    return client_for(running_app)
+
+
+def test_named_endpoints(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {f"/{n}" for n in ENDPOINT_OUTPUTS} <= names
+    assert {"/select_point", "/knn", "/generate", "/switch_model", "/switch_layer", "/hover"} <= names
+
+
+def test_select_hover_knn_generate_export(running_app, client):
+    vis = running_app.visualizer
+    out = call(client, "select_point", 5, False)
+    assert out["session_info"]["selected"] == 5 and rings(out, "selected") == [5]
+    assert Path(out["selected_image"]).is_file() and "#5" in out["selected_info"]
+
+    out = call(client, "hover", json.dumps({"kind": "hover", "points": [{"i": 9, "m": "pts"}]}))
+    md = vis.model("digits")
+    assert Path(out["preview_image"]).is_file()
+    assert f"sample {md.metadata.sample_id[9]}" in out["preview_info"]
+
+    out = call(client, "knn", 4, "activations")
+    want, _ = vis.neighbours("digits", "mid", "2-D", 5, 4, "activations")
+    assert out["session_info"]["knn"] == want.tolist() and rings(out, "knn") == want.tolist()
+    assert len(out["neighbor_gallery"]) == 4
+
+    out = call(client, "generate", *GEN_ARGS)
+    info = out["session_info"]
+    assert "Generated 1 × class" in out["status"] and info["active"] in info["generations"]
+    assert Path(out["generated_image"]).is_file() and len(out["steps_gallery"]) == 4
+    assert any(t.get("meta") == f"traj:{info['active']}:0" for t in figure(out)["data"])
+    out = call(client, "prev_frame")
+    assert out["session_info"]["frame"] == 2 and "step **3/4**" in out["frame_info"]
+
+    out = call(client, "export_generation")
+    with zipfile.ZipFile(out["export_file"]) as z:
+        assert {"params.json", "trajectory.csv", "final_0.png"} <= set(z.namelist())
+    out = call(client, "export_selection")
+    with zipfile.ZipFile(out["export_file"]) as z:
+        assert json.loads(z.read("selection.json"))["knn"] == want.tolist()
+
+
+def test_bad_input_gives_a_message_and_the_app_keeps_serving(client):
+    out = call(client, "plot_event", "{not json", False)
+    assert out["status"].startswith("**Error:**") and "JSON" in out["status"]
+    out = call(client, "select_point", 10**6, False)
+    assert out["status"].startswith("**Error:**") and "[0, 179]" in out["status"]
+    out = call(client, "plot_event", json.dumps({"kind": "click", "points": [{"i": 3, "m": "pts"}]}), False)
+    assert out["session_info"]["selected"] == 3
+
+
+def test_layer_switch_extracts_once_then_loads_from_cache(running_app):
+    a, b = client_for(running_app), client_for(running_app)
+    real = gpu_ops._extract_layer_on_gpu
+    calls = []
+
+    def spy(request):
+        calls.append(request.layers)
+        return real(request)
+
+    with patch("diffviews.visualization.gpu_ops._extract_layer_on_gpu", side_effect=spy):
+        out_a = call(a, "switch_layer", "dec_8x8")
+        out_b = call(b, "switch_layer", "dec_8x8")
+    assert calls == [["dec_8x8"]]
+    assert "extracted and mapped now" in out_a["status"] and "loaded from cache" in out_b["status"]
+    assert out_a["session_info"]["layer"] == out_b["session_info"]["layer"] == "dec_8x8"
+    assert (running_app.data_dir / "digits" / "embeddings" / "dec_8x8.csv").is_file()
+
+
+def test_two_clients_on_different_models_do_not_cross_talk(running_app):
+    vis = running_app.visualizer
+    a, b = client_for(running_app), client_for(running_app)
+    out = call(b, "switch_model", "shapes")
+    assert out["session_info"]["model"] == "shapes" and out["session_info"]["n_points"] == 60
+    assert [t["name"] for t in figure(out)["data"] if t.get("meta") == "pts"][0] == "circle"
+    loads = dict(vis.cache.loads)
+
+    for i in (3, 8):  # interleaved requests, one model resident: every call finds the other model loaded
+        out_a = call(a, "select_point", i, False)
+        out_b = call(b, "select_point", i + 1, False)
+        assert out_a["session_info"]["model"] == "digits" and out_a["session_info"]["selected"] == i
+        assert out_b["session_info"]["model"] == "shapes" and out_b["session_info"]["selected"] == i + 1
+        out_a = call(a, "knn", 3, "map")
+        out_b = call(b, "knn", 3, "map")
+        assert out_a["session_info"]["knn"] == vis.neighbours("digits", "mid", "2-D", i, 3)[0].tolist()
+        assert out_b["session_info"]["knn"] == vis.neighbours("shapes", "mid", "2-D", i + 1, 3)[0].tolist()
+        hover = json.dumps({"kind": "hover", "points": [{"i": 20, "m": "pts"}]})
+        info_a, info_b = call(a, "hover", hover)["preview_info"], call(b, "hover", hover)["preview_info"]
+        for model, info in (("digits", info_a), ("shapes", info_b)):
+            md = vis.model(model)
+            assert f"sample {md.metadata.sample_id[20]}" in info
+            assert f"class **{md.class_name(int(md.metadata.class_label[20]))}**" in info
+    assert vis.cache.loads["digits"] > loads.get("digits", 0) and vis.cache.loads["shapes"] > loads["shapes"]
+
+    out = call(b, "filter_class", "circle")  # the class list follows the session's model
+    assert "Class **circle**" in out["status"] and out["session_info"]["class_filter"] == "circle"
+    assert call(b, "filter_class", ALL_CLASSES)["session_info"]["class_filter"] is None
+
+    jobs = [(a, 10, "digits"), (b, 11, "shapes"), (a, 12, "digits"), (b, 13, "shapes")]
+    futures = [(c.submit(i, False, api_name="/select_point"), i, m) for c, i, m in jobs]  # at the same time
+    wait([f for f, _, _ in futures], timeout=120)
+    for future, i, model in futures:
+        info = dict(zip(ENDPOINT_OUTPUTS["select_point"], future.result()))["session_info"]
+        assert (info["model"], info["selected"]) == (model, i)
+
+    out = call(b, "generate", "square", 3, 0, 1.0, 1.0, 100.0, 0.0, "zero", 1, 2)
+    assert "2 × class **square**" in out["status"]
+    rec = vis.generations.get(out["session_info"]["active"])
+    assert rec.model == "shapes" and rec.result.images.shape == (2, 32, 32, 3)
+    assert np.isfinite(rec.coords["2-D"]).all()
+    assert call(a, "select_point", 2, False)["session_info"]["generations"] == []

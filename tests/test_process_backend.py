@@ -1,0 +1,163 @@
+"""ProcessBackend: every request and result crosses a real process boundary (pickle-free)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tiny_data import make_tiny_data_dir
+
+from diffviews.data.layout import DataLayoutError
+from diffviews.visualization import wire
+from diffviews.visualization.gpu_ops import (
+    ExtractionRequest,
+    FitRequest,
+    GenerationRequest,
+    GPUBackend,
+    LocalBackend,
+    ProcessBackend,
+    set_gpu_backend,
+)
+from diffviews.visualization.process_backend import WorkerDiedError, WorkerTimeoutError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_tiny_data_dir(tmp_path_factory.mktemp("procdata"))
+
+
+@pytest.fixture(scope="module")
+def local(data_dir):
+    return LocalBackend(data_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def proc(data_dir):
+    backend = ProcessBackend(data_dir, device="cpu", timeout=120)
+    yield backend
+    pid = backend.pid
+    assert pid is not None
+    backend.close()
+    assert backend.pid is None
+    with pytest.raises(ProcessLookupError):  # the worker really is gone
+        os.kill(pid, 0)
+
+
+def _request(**overrides) -> GenerationRequest:
+    rng = np.random.default_rng(3)
+    base = dict(model="tiny", class_label=1, num_steps=4, mask_steps=2, guidance_scale=1.5, seed=11,
+                noise_mode="stochastic", masks={"mid": rng.standard_normal((1, 16, 4, 4)).astype(np.float32)},
+                extract_layers=["mid", "dec_8x8"], num_samples=2)
+    return GenerationRequest(**{**base, **overrides})
+
+
+def test_process_and_local_give_the_same_generation(proc, local):
+    ours, theirs = proc.generate(_request()), local.generate(_request())
+    assert ours.images.dtype == np.uint8 and ours.images.shape == (2, 8, 8, 1)
+    np.testing.assert_array_equal(ours.images, theirs.images)
+    np.testing.assert_array_equal(ours.denoised, theirs.denoised)
+    np.testing.assert_array_equal(ours.sigmas, theirs.sigmas)
+    assert set(ours.trajectory) == {"mid", "dec_8x8"}
+    for layer in ours.trajectory:
+        np.testing.assert_array_equal(ours.trajectory[layer], theirs.trajectory[layer])
+    assert ours.params == theirs.params
+    other_seed = proc.generate(_request(seed=12))
+    assert not np.array_equal(other_seed.images, ours.images)
+
+
+def test_extract_layer_and_shapes_round_trip(proc, local):
+    rng = np.random.default_rng(0)
+    request = ExtractionRequest(model="tiny", layers=["enc_8x8", "mid"],
+                                images=rng.uniform(-1, 1, (5, 1, 8, 8)).astype(np.float32),
+                                labels=np.array([0, 1, 2, 0, 1]), noise_levels=[80.0, 40.0], seed=4)
+    ours, theirs = proc.extract_layer(request), local.extract_layer(request)
+    assert ours["enc_8x8"].shape == (10, 512) and ours["mid"].shape == (10, 256)
+    for layer in request.layers:
+        assert ours[layer].dtype == np.float32
+        np.testing.assert_array_equal(ours[layer], theirs[layer])
+    assert proc.layer_shapes("tiny") == local.layer_shapes("tiny") == {
+        "enc_8x8": (8, 8, 8), "enc_4x4": (16, 4, 4), "bottleneck": (16, 4, 4), "mid": (16, 4, 4),
+        "dec_4x4": (8, 4, 4), "dec_8x8": (8, 8, 8)}
+
+
+def test_worker_extracts_and_maps_a_new_layer(proc):
+    pytest.importorskip("diffviews.processing.umap")
+    rng = np.random.default_rng(1)
+    request = ExtractionRequest(model="tiny", layers=["dec_4x4"], images=rng.uniform(-1, 1, (30, 1, 8, 8)).astype(
+        np.float32), labels=rng.integers(0, 3, 30), noise_levels=[70.0, 30.0])
+    acts = proc.extract_layer(request)["dec_4x4"]
+    fit = proc.fit_umap(FitRequest(acts, n_components=2, params={"n_neighbors": 5, "pca_components": 10}))
+    assert fit.embedding.shape == (60, 2) and np.isfinite(fit.embedding).all()
+    assert isinstance(fit.backend, str) and fit.seconds > 0
+
+
+def test_worker_errors_keep_their_type_and_the_worker_survives(proc):
+    pid = proc.pid
+    with pytest.raises(ValueError, match="class_label must be an integer within"):
+        proc.generate(_request(class_label=7))
+    with pytest.raises(DataLayoutError, match="missing model config"):
+        proc.layer_shapes("no-such-model")
+    with pytest.raises(wire.WireError, match=r"masks\['mid'\]: torch.Tensor cannot cross the wire"):
+        proc.generate(_request(masks={"mid": torch.zeros(1, 16, 4, 4)}))
+    assert proc.pid == pid
+
+
+def test_worker_dying_during_a_request_gives_a_clear_error_then_restarts(proc):
+    starts = proc.starts
+    killer = threading.Timer(0.5, os.kill, (proc.pid, signal.SIGKILL))
+    killer.start()
+    with pytest.raises(WorkerDiedError, match="killed by signal 9 during a 'generate' request.*fresh worker"):
+        proc.generate(_request(num_steps=1000, num_samples=8))
+    killer.join()
+    assert proc.pid is None
+    assert proc.layer_shapes("tiny")["mid"] == (16, 4, 4)
+    assert proc.starts == starts + 1
+
+
+def test_worker_dying_between_requests_is_logged_and_replaced(proc, caplog):
+    starts, worker = proc.starts, proc._worker
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    assert proc.layer_shapes("tiny")["mid"] == (16, 4, 4)  # this request itself is fine
+    assert proc.starts == starts + 1
+    assert any("killed by signal 9 between requests" in r.getMessage() for r in caplog.records)
+
+
+def test_timeout_stops_the_worker_and_the_next_request_restarts_it(proc):
+    old_pid, proc.timeout = proc.pid, 0.01
+    try:
+        with pytest.raises(WorkerTimeoutError, match="did not finish its 'generate' request within 0.01 s"):
+            proc.generate(_request(num_steps=50))
+    finally:
+        proc.timeout = 120.0
+    assert proc.pid is None
+    assert proc.generate(_request(num_steps=2)).images.shape == (2, 8, 8, 1)
+    assert proc.pid != old_pid
+
+
+def test_installs_as_the_dispatch_backend(proc):
+    assert isinstance(proc, GPUBackend)
+    previous = set_gpu_backend(proc)
+    set_gpu_backend(previous or LocalBackend())
+
+
+def test_wire_round_trip_and_malformed_messages():
+    value = {"a": (1, 2.5, "x", None, True), "b": [np.arange(6, dtype=np.int16).reshape(2, 3)],
+             "c": np.float32(1.5), "d": np.zeros((0, 4), dtype=np.float64)}
+    back = wire.decode(wire.encode(value))
+    assert back["a"] == (1, 2.5, "x", None, True) and back["c"] == 1.5
+    np.testing.assert_array_equal(back["b"][0], value["b"][0])
+    assert back["b"][0].dtype == np.int16 and back["d"].shape == (0, 4)
+    with pytest.raises(wire.WireError, match="dtype object"):
+        wire.encode({"x": np.array([object()])})
+    with pytest.raises(wire.WireError, match="dict key 3"):
+        wire.encode({3: 1})
+    with pytest.raises(wire.WireError, match="expected b'DVW1'"):
+        wire.decode(b"PKL0" + bytes(20))
+    data = wire.encode({"x": np.ones(10)})
+    with pytest.raises(wire.WireError, match="header describes"):
+        wire.decode(data[:-8])
