@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 data: install
-	$(VENV)/bin/diffviews build-demo --data-dir $(DATA)
+	$(VENV)/bin/diffviews build-demo --data-dir $(DATA) --threads 1
 
 run: data
 	$(VENV)/bin/diffviews viz --data-dir $(DATA) --port $(PORT)

@@ -135,6 +135,12 @@ class SpacesBackend(GPUBackend):
     def __init__(self):
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
+    @property
+    def fits_remotely(self) -> bool:
+        """New maps are fitted in a GPU call only with cuML; otherwise in this process, where
+        umap-learn's own transform then projects trajectories."""
+        return cuml_installed()
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return from_plain(gpu_generate(to_plain(request)))
 

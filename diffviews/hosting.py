@@ -37,11 +37,14 @@ def ensure_demo_data(data_dir: str | Path) -> list[str]:
 
 def build_ui(data_dir: str | Path, notice: str | None = None):
     """The DiffViews Gradio app over ``data_dir`` (a ``gr.Blocks``) on the installed dispatch
-    backend, with ``notice`` shown if given."""
+    backend, with ``notice`` shown if given. Layer switches read through the bucket layer
+    cache when the environment configures one (``LayerCache.from_env``)."""
+    from .data.r2_cache import LayerCache
     from .visualization.app import GradioVisualizer, create_gradio_app
     from .visualization.gpu_ops import get_gpu_backend
 
-    demo = create_gradio_app(GradioVisualizer(data_dir, backend=get_gpu_backend()))
+    visualizer = GradioVisualizer(data_dir, backend=get_gpu_backend(), layer_cache=LayerCache.from_env(data_dir))
+    demo = create_gradio_app(visualizer)
     if notice:
         add_notice(demo, notice)
     return demo

@@ -18,7 +18,13 @@ from tiny_data import make_tiny_data_dir
 
 from diffviews.hosting import IMAGE_EXTRAS, MODAL_DATA_DIR, PYPROJECT
 from diffviews.visualization import gpu_ops
-from diffviews.visualization.gpu_ops import ExtractionRequest, FitRequest, GenerationRequest, LocalBackend
+from diffviews.visualization.gpu_ops import (
+    ExtractionRequest,
+    FitRequest,
+    GenerationRequest,
+    LocalBackend,
+    ProcessBackend,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the host files live in the repository root
@@ -69,12 +75,18 @@ def test_spaces_entry_imports_without_launching_and_sizes_gpu_time():
 
 
 def test_spaces_backend_gives_the_local_result(tiny_dir, local, restore_backend):
+    """Local, process-backend and Spaces-entry runs give the same image for the same request and seed."""
     import app
 
+    with ProcessBackend(tiny_dir, device="cpu", timeout=120) as process:
+        from_process = process.generate(REQUEST)
     app.configure(tiny_dir, device="cpu")
     backend = gpu_ops.get_gpu_backend()
     assert isinstance(backend, app.SpacesBackend)
-    _same_generation(gpu_ops.generate(REQUEST), local.generate(REQUEST))
+    from_spaces, from_local = gpu_ops.generate(REQUEST), local.generate(REQUEST)
+    _same_generation(from_spaces, from_local)
+    _same_generation(from_process, from_local)
+    assert from_local.images.std() > 0  # untrained, but not a blank image
     ours, theirs = gpu_ops.extract_layer(EXTRACTION), local.extract_layer(EXTRACTION)
     np.testing.assert_array_equal(ours["enc_4x4"], theirs["enc_4x4"])
     assert gpu_ops.layer_shapes("tiny") == local.layer_shapes("tiny")
@@ -98,6 +110,30 @@ def test_spaces_app_launches_and_generates_once(tiny_data_dir, restore_backend):
         assert result.images.shape == (1, 16, 16, 1) and result.images.std() > 0
     finally:
         demo.close()
+
+
+def test_spaces_requirements_and_readme_header_match_the_package():
+    """requirements.txt = pyproject's dependencies + the viz, r2 and spaces extras; the README
+    header (docs/space-readme-header.md) is valid Spaces front matter for app.py."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    import yaml
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    declared = project["dependencies"] + [p for extra in ("viz", "r2", "spaces")
+                                          for p in project["optional-dependencies"][extra]]
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    listed = [line for line in lines if line and not line.startswith("#")]
+    assert sorted(listed) == sorted(set(declared))
+
+    text = (ROOT / "docs" / "space-readme-header.md").read_text()
+    assert text.startswith("---\n") and text.rstrip().endswith("\n---")
+    meta = yaml.safe_load(text.strip().strip("-"))
+    assert meta["sdk"] == "gradio" and (ROOT / meta["app_file"]).is_file() and len(meta["short_description"]) <= 60
+    gradio = next(Requirement(p) for p in project["optional-dependencies"]["viz"] if p.startswith("gradio"))
+    assert Version(meta["sdk_version"]) in gradio.specifier
+    assert Version(meta["python_version"]) in Requirement(f"python{project['requires-python']}").specifier
 
 
 # ---- Modal ----------------------------------------------------------------------------------

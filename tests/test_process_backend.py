@@ -161,3 +161,39 @@ def test_wire_round_trip_and_malformed_messages():
     data = wire.encode({"x": np.ones(10)})
     with pytest.raises(wire.WireError, match="header describes"):
         wire.decode(data[:-8])
+
+
+def test_app_on_the_process_backend_extracts_and_maps_a_new_layer_in_the_worker(tiny_data_dir, tmp_path,
+                                                                               monkeypatch):
+    """Hybrid mode: a layer nobody extracted before is extracted AND its map fitted in the
+    worker; the UI process saves the map and projects trajectories onto it by k-NN."""
+    import shutil
+
+    from diffviews.data.layout import model_paths
+    from diffviews.processing.umap import UMAPPipeline, load_embedding
+    from diffviews.visualization import gpu_ops
+    from diffviews.visualization.visualizer import GradioVisualizer
+
+    shutil.copytree(tiny_data_dir / "digits", tmp_path / "digits")
+    paths = model_paths(tmp_path, "digits")
+
+    def no_fit_here(self, *args, **kwargs):
+        raise AssertionError("a map was fitted in the UI process")
+
+    monkeypatch.setattr(UMAPPipeline, "fit", no_fit_here)  # the worker is another interpreter: unaffected
+    previous = gpu_ops._backend
+    with ProcessBackend(tmp_path, device="cpu", timeout=300) as backend:
+        try:
+            vis = GradioVisualizer(tmp_path, backend=backend)
+            layer = vis.layer("digits", "dec_4x4")
+            assert layer.embedding.shape == (180, 2) and layer.activations.shape == (180, 512)
+            _, meta = load_embedding(paths, "dec_4x4")
+            assert meta["fitted_on"] == "process" and meta["backend"] == "umap-learn"
+            rec = vis.generate("digits", "dec_4x4", 3, [0, 1, 2], num_steps=4, mask_steps=2, alpha=1.0,
+                               guidance_scale=1.5, noise_max=100.0, noise_min=0.0, noise_mode="stochastic", seed=3,
+                               num_samples=1)
+        finally:
+            gpu_ops._backend = previous
+    coords = rec.coords["2-D"]
+    assert coords.shape == (4, 1, 2) and np.isfinite(coords).all()
+    assert layer.pipeline(paths).transform_method_ == "knn"

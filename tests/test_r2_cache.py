@@ -279,3 +279,108 @@ def test_seed_script_is_idempotent_and_has_a_dry_run(tiny_data_dir, bucket, s3_e
     assert seed.main(args) == 2
     assert "no bucket configured; set R2_BUCKET_NAME" in capsys.readouterr().err
     assert _snapshot(tiny_data_dir) == before
+
+
+# ---- the app's layer switch reads through the bucket --------------------------------------------
+
+APP_MODEL, NEW_LAYER = "digits", "dec_4x4"  # a layer the tiny data folder does not have
+
+
+@pytest.fixture
+def restore_backend():
+    from diffviews.visualization import gpu_ops
+
+    previous = gpu_ops._backend
+    yield
+    gpu_ops._backend = previous
+
+
+def _app_data(tiny_data_dir, root):
+    """A writable copy of the tiny digits folder (layer "mid" only) under ``root``."""
+    import shutil
+
+    shutil.copytree(tiny_data_dir / APP_MODEL, root / APP_MODEL)
+    assert not model_paths(root, APP_MODEL).activations(NEW_LAYER).exists()
+    return root
+
+
+def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracting(
+        tiny_data_dir, bucket, s3_endpoint, tmp_path, caplog, restore_backend):
+    from unittest.mock import patch
+
+    from diffviews.visualization.visualizer import GradioVisualizer
+
+    client, name = bucket
+    here = _app_data(tiny_data_dir, tmp_path / "here")
+    cache = LayerCache(here, _settings(s3_endpoint, name))
+    built = GradioVisualizer(here, device="cpu", layer_cache=cache).layer(APP_MODEL, NEW_LAYER)  # extract + fit
+    cache.wait()  # the upload runs in the background
+    assert _keys(client, name) == [f"digits/activations/{NEW_LAYER}.json", f"digits/activations/{NEW_LAYER}.npy",
+                                   f"digits/embeddings/{NEW_LAYER}.csv", f"digits/embeddings/{NEW_LAYER}.json"]
+    assert cache.in_bucket(APP_MODEL, NEW_LAYER)
+
+    there = _app_data(tiny_data_dir, tmp_path / "there")  # another host: the layer is only in the bucket
+    other = GradioVisualizer(there, device="cpu", layer_cache=LayerCache(there, _settings(s3_endpoint, name)))
+    steps = []
+    with patch("diffviews.visualization.gpu_ops._extract_layer_on_gpu", side_effect=AssertionError("extracted")), \
+            patch("diffviews.visualization.gpu_ops.fit_umap", side_effect=AssertionError("fitted remotely")), \
+            patch("diffviews.processing.umap.fit_layer_embedding", side_effect=AssertionError("fitted")):
+        fetched = other.layer(APP_MODEL, NEW_LAYER, progress=lambda frac, desc=None: steps.append(desc))
+    np.testing.assert_array_equal(fetched.embedding, built.embedding)
+    np.testing.assert_array_equal(np.asarray(fetched.activations), np.asarray(built.activations))
+    assert steps[0] == f"Looking for layer {NEW_LAYER} in the layer cache" and not any("Extracting" in s for s in steps)
+    assert _warnings(caplog) == []
+
+
+def test_app_layer_switch_keeps_the_disk_budget_but_never_evicts_layers_in_memory(tiny_data_dir, tmp_path, caplog,
+                                                                                  restore_backend):
+    from diffviews.visualization.visualizer import GradioVisualizer
+
+    root = _app_data(tiny_data_dir, tmp_path)
+    paths = model_paths(root, APP_MODEL)
+    cache = LayerCache(root, settings=None, max_local_mb=0.001)  # no bucket; every layer is over budget
+    vis = GradioVisualizer(root, device="cpu", layer_cache=cache)
+    vis.layer(APP_MODEL, NEW_LAYER)
+    vis.layer(APP_MODEL, "enc_4x4")
+    assert paths.activations(NEW_LAYER).is_file()  # over budget, but held in memory: kept
+    fresh = GradioVisualizer(root, device="cpu", layer_cache=cache)  # nothing in memory yet
+    fresh.layer(APP_MODEL, "dec_8x8")
+    assert not paths.activations(NEW_LAYER).exists() and not paths.embedding("enc_4x4").exists()  # evicted
+    assert paths.activations("dec_8x8").is_file() and paths.activations("mid").is_file()  # new and default
+    assert _warnings(caplog) == []  # a budget without a bucket is not worth a warning
+
+
+def test_app_entry_points_create_the_layer_cache_from_the_environment(tiny_data_dir, bucket, s3_endpoint,
+                                                                      monkeypatch, caplog, restore_backend):
+    from unittest.mock import patch
+
+    from diffviews.hosting import build_ui
+    from diffviews.visualization import gpu_ops
+    from diffviews.visualization.app import main
+    from diffviews.visualization.visualizer import get_app_visualizer
+
+    _, name = bucket
+    for var in ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET_NAME", "R2_ENDPOINT_URL",
+                BUDGET_ENV):
+        monkeypatch.delenv(var, raising=False)
+    gpu_ops.set_gpu_backend(gpu_ops.LocalBackend(tiny_data_dir, device="cpu"))
+    with patch("diffviews.processing.umap.warmup"):  # no JIT warm-up thread in the test process
+        assert LayerCache.from_env(tiny_data_dir) is None
+        build_ui(tiny_data_dir)
+        assert get_app_visualizer().layer_cache is None
+
+        monkeypatch.setenv(BUDGET_ENV, "50")
+        budget_only = LayerCache.from_env(tiny_data_dir)
+        assert not budget_only.enabled and budget_only.max_local_bytes == 50 * 2**20
+
+        for var, value in {"R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
+                           "R2_SECRET_ACCESS_KEY": "test", "R2_BUCKET_NAME": name}.items():
+            monkeypatch.setenv(var, value)
+        build_ui(tiny_data_dir)
+        assert get_app_visualizer().layer_cache.settings.bucket == name
+        with patch("diffviews.visualization.app.launch_app") as launch:
+            assert main(["--data-dir", str(tiny_data_dir), "--device", "cpu"]) == 0
+        launch.assert_called_once()
+        cache = get_app_visualizer().layer_cache
+        assert cache.settings.endpoint_url == s3_endpoint and cache.max_local_bytes == 50 * 2**20
+    assert _warnings(caplog) == []

@@ -125,6 +125,15 @@ class LayerCache:
         self._offline_until = 0.0
         self._warned_disabled = False
 
+    @classmethod
+    def from_env(cls, data_dir: str | Path) -> LayerCache | None:
+        """The cache the environment asks for: a bucket (``R2_*`` variables) and/or a local disk
+        budget (``DIFFVIEWS_LAYER_CACHE_MAX_MB``); None when it asks for neither, so that an app
+        without them runs as before and logs nothing about a cache."""
+        if R2Settings.from_env() is None and not os.environ.get(BUDGET_ENV, "").strip():
+            return None
+        return cls(data_dir)
+
     # ---- state ---------------------------------------------------------------------------
     @property
     def enabled(self) -> bool:
@@ -162,12 +171,14 @@ class LayerCache:
         return True
 
     # ---- read-through ----------------------------------------------------------------------
-    def fetch_layer(self, model: str, layer: str) -> bool:
+    def fetch_layer(self, model: str, layer: str, protect: Iterable[tuple[str, str]] = ()) -> bool:
         """Make the layer local: True when it already is, or was downloaded whole and valid.
 
         False when the bucket is not configured or unreachable, lacks the layer, or holds
         something that does not validate (each failure logs one warning; a plain miss logs
         at info level). Local files are never replaced by anything that failed validation.
+        After a download the disk budget is enforced, sparing this layer and ``protect``
+        (e.g. the layers an app holds in memory).
         """
         with self._layer_lock(model, layer):
             if self.is_local(model, layer):
@@ -184,7 +195,7 @@ class LayerCache:
                 self._warn_failure(f"could not fetch {model}/{layer}", exc)
                 return False
         self.touch(model, layer)
-        self.enforce_budget(protect=[(model, layer)])
+        self.enforce_budget(protect=[(model, layer), *protect])
         return True
 
     def _download_layer(self, model: str, layer: str) -> None:
@@ -255,13 +266,14 @@ class LayerCache:
             return False
         paths = model_paths(self.data_dir, model)
         try:
-            _validate_layer(paths, layer, paths, require_map=False)
-            arts = self.artefacts(model, layer)
-            groups = {a.group for a in arts if all(b.path.is_file() for b in arts if b.group == a.group)}
-            todo = [a for a in arts if a.group in groups]
-            client = self._get_client()
-            for a in todo:
-                _put(client, self.settings.bucket, a)
+            with self._layer_lock(model, layer):  # eviction waits until the files are sent
+                _validate_layer(paths, layer, paths, require_map=False)
+                arts = self.artefacts(model, layer)
+                groups = {a.group for a in arts if all(b.path.is_file() for b in arts if b.group == a.group)}
+                todo = [a for a in arts if a.group in groups]
+                client = self._get_client()
+                for a in todo:
+                    _put(client, self.settings.bucket, a)
         except Exception as exc:  # noqa: BLE001
             self._warn_failure(f"could not upload {model}/{layer}", exc)
             return False

@@ -163,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --port must be within [1, 65535], got {args.port}", file=sys.stderr)
         return 2
     try:
+        from ..data.r2_cache import LayerCache
+
         vis = GradioVisualizer(args.data_dir, device=args.device, max_resident_models=args.max_models,
-                               default_model=args.model)
+                               default_model=args.model, layer_cache=LayerCache.from_env(args.data_dir))
         demo = create_gradio_app(vis)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)

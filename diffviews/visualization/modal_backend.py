@@ -38,6 +38,7 @@ class ModalBackend(GPUBackend):
     """Forwards each request to a GPU worker instance (``modal.Cls.from_name(...)()``)."""
 
     name = "modal"
+    fits_remotely = True  # new maps are fitted on the GPU worker (cuML)
 
     def __init__(self, worker, call: str = "remote"):
         if call not in ("remote", "local"):

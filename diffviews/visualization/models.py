@@ -236,6 +236,11 @@ class ModelCache:
         with self._guard:
             return list(self._models)
 
+    def resident_models(self) -> list[ModelData]:
+        """The loaded models, least recently used first (their order is left unchanged)."""
+        with self._guard:
+            return list(self._models.values())
+
     def get(self, name: str) -> ModelData:
         with self._guard:
             if name in self._models:

@@ -71,6 +71,7 @@ class ProcessBackend:
     """
 
     name = "process"
+    fits_remotely = True  # new maps are fitted in the worker (the visualizer saves them)
 
     def __init__(self, data_dir: str | Path, device: str = "cpu", timeout: float = 600.0,
                  start_timeout: float = 120.0, env: dict[str, str] | None = None):

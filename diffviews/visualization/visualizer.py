@@ -28,12 +28,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from . import gpu_ops
 from .models import VIEWS, LayerData, ModelCache, ModelData, upscale
+
+if TYPE_CHECKING:
+    from ..data.r2_cache import LayerCache
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,12 @@ class PlotFigure:
 
 def _no_progress(*_args, **_kwargs) -> None:
     return None
+
+
+def fits_remotely(backend: gpu_ops.GPUBackend) -> bool:
+    """Whether ``backend`` fits maps somewhere else (a worker with cuML): its ``fits_remotely``
+    attribute, else True for anything but the in-process ``LocalBackend``."""
+    return bool(getattr(backend, "fits_remotely", not isinstance(backend, gpu_ops.LocalBackend)))
 
 
 def _typed(arr: np.ndarray, dtype: str) -> dict:
@@ -321,12 +331,22 @@ class GradioVisualizer:
     ``data_dir`` holds one folder per model (see ``diffviews.data.layout``). Heavy work
     goes through ``gpu_ops``; unless ``backend`` is given, a ``LocalBackend`` over
     ``data_dir`` on ``device`` is installed. At most ``max_resident_models`` models are
-    kept in memory (least recently used evicted; reloaded on demand)."""
+    kept in memory (least recently used evicted; reloaded on demand).
+
+    ``layer_cache`` (a ``diffviews.data.r2_cache.LayerCache`` over the same ``data_dir``)
+    makes layer switches read through a bucket: a layer missing on disk is fetched before it
+    is extracted, a freshly built one is uploaded in the background, and the local disk
+    budget is enforced (never evicting a layer held in memory)."""
 
     def __init__(self, data_dir: str | Path, device: str | None = None, max_resident_models: int = 1,
                  default_model: str | None = None, backend: gpu_ops.GPUBackend | None = None,
-                 max_generations: int = 256):
+                 max_generations: int = 256, layer_cache: LayerCache | None = None):
         self.data_dir = Path(data_dir)
+        if layer_cache is not None and Path(layer_cache.data_dir).resolve() != self.data_dir.resolve():
+            raise ValueError(f"the layer cache serves data directory {layer_cache.data_dir}, not {self.data_dir}")
+        self.layer_cache = layer_cache
+        if layer_cache is not None:
+            log.info("layer switches read through %r", layer_cache)
         self.model_names = ModelCache(self.data_dir).available()
         if not self.model_names:
             raise FileNotFoundError(f"no models found in data directory {self.data_dir} (each model is a folder "
@@ -401,36 +421,93 @@ class GradioVisualizer:
         return data
 
     def _ensure_layer_on_disk(self, md: ModelData, layer: str, progress: Progress) -> None:
-        from ..data.activations import activations_valid, load_activations, save_activations
+        """Activations and 2-D map of ``layer`` on disk: already there, fetched from the bucket
+        (``layer_cache``), or extracted and fitted now (then uploaded in the background)."""
+        from ..data.activations import activations_valid
+        from ..processing.umap import embedding_is_valid
+
+        name, n, cache = md.name, md.n_points, self.layer_cache
+        have_acts = activations_valid(md.paths, layer, expected_rows=n)
+        have_map = have_acts and embedding_is_valid(md.paths, layer, n)
+        if not have_map and cache is not None and cache.enabled:
+            progress(0.02, desc=f"Looking for layer {layer} in the layer cache")
+            if cache.fetch_layer(name, layer, protect=self._layers_in_memory()):
+                have_acts = activations_valid(md.paths, layer, expected_rows=n)
+                have_map = have_acts and embedding_is_valid(md.paths, layer, n)
+        if not have_acts:
+            self._extract_layer(md, layer, progress)
+        if not have_map:
+            self._fit_map(md, layer, progress)
+        if cache is not None:
+            if have_map:  # nothing new: just note the use for least-recently-used eviction
+                cache.touch(name, layer)
+            else:
+                if cache.enabled:
+                    cache.upload_layer(name, layer)  # in the background
+                cache.enforce_budget(protect=[(name, layer), *self._layers_in_memory()])
+        progress(1.0, desc=f"Layer {layer} ready")
+
+    def _layers_in_memory(self) -> list[tuple[str, str]]:
+        """(model, layer) of every layer a resident model holds (their files must stay on disk:
+        the projection pipeline and the 3-D map are read from there on first use)."""
+        out = []
+        for md in self.cache.resident_models():
+            with md.lock:
+                out += [(md.name, layer) for layer in md.layers]
+        return out
+
+    def _extract_layer(self, md: ModelData, layer: str, progress: Progress) -> None:
+        from ..data.activations import save_activations
         from ..data.build import layer_meta
         from ..data.metadata import load_sample_images
-        from ..processing.umap import embedding_is_valid, fit_layer_embedding
 
         n = md.n_points
         meta = layer_meta(md.paths, md.config, md.metadata)
-        if not activations_valid(md.paths, layer, expected_rows=n):
-            progress(0.05, desc=f"Extracting layer {layer} for {n} points")
-            t0 = time.perf_counter()
-            images, labels = load_sample_images(md.paths, md.metadata)
-            request = gpu_ops.ExtractionRequest(model=md.name, layers=[layer], images=images, labels=labels,
-                                                noise_levels=meta["noise_levels"], seed=meta["seed"],
-                                                batch_size=meta["batch_size"])
-            result = gpu_ops.extract_layer(request)
-            acts = np.asarray(result.get(layer) if isinstance(result, dict) else None)
-            shape = md.layer_shapes.get(layer)
-            want_d = int(np.prod(shape)) if shape else None
-            if acts.ndim != 2 or acts.shape[0] != n or (want_d is not None and acts.shape[1] != want_d):
-                raise RuntimeError(f"extraction of layer {layer!r} returned shape {getattr(acts, 'shape', None)}; "
-                                   f"expected ({n}, {want_d})")
-            save_activations(md.paths, layer, acts, meta, shape=shape)
-            log.info("[%s] extracted layer %s %s in %.1fs", md.name, layer, acts.shape, time.perf_counter() - t0)
-        if not embedding_is_valid(md.paths, layer, n):
+        progress(0.05, desc=f"Extracting layer {layer} for {n} points")
+        t0 = time.perf_counter()
+        images, labels = load_sample_images(md.paths, md.metadata)
+        request = gpu_ops.ExtractionRequest(model=md.name, layers=[layer], images=images, labels=labels,
+                                            noise_levels=meta["noise_levels"], seed=meta["seed"],
+                                            batch_size=meta["batch_size"])
+        result = gpu_ops.extract_layer(request)
+        acts = np.asarray(result.get(layer) if isinstance(result, dict) else None)
+        shape = md.layer_shapes.get(layer)
+        want_d = int(np.prod(shape)) if shape else None
+        if acts.ndim != 2 or acts.shape[0] != n or (want_d is not None and acts.shape[1] != want_d):
+            raise RuntimeError(f"extraction of layer {layer!r} returned shape {getattr(acts, 'shape', None)}; "
+                               f"expected ({n}, {want_d})")
+        save_activations(md.paths, layer, acts, meta, shape=shape)
+        log.info("[%s] extracted layer %s %s in %.1fs", md.name, layer, acts.shape, time.perf_counter() - t0)
+
+    def _fit_map(self, md: ModelData, layer: str, progress: Progress) -> None:
+        """Fit and save the 2-D map: in this process with umap-learn (which then also projects
+        trajectories), or, when the backend fits remotely (a GPU worker with cuML), through
+        ``gpu_ops.fit_umap``; such a map projects trajectories by k-NN interpolation."""
+        from ..data.activations import load_activations
+        from ..data.build import layer_meta
+        from ..processing.umap import UMAPPipeline, fit_layer_embedding, save_embedding
+
+        n = md.n_points
+        source = layer_meta(md.paths, md.config, md.metadata)
+        acts = np.asarray(load_activations(md.paths, layer, expected_rows=n, mmap=False))
+        backend = gpu_ops.get_gpu_backend()
+        t0 = time.perf_counter()
+        if not fits_remotely(backend):
             progress(0.5, desc=f"Fitting the 2-D map of {layer} (UMAP)")
-            t0 = time.perf_counter()
-            acts = np.asarray(load_activations(md.paths, layer, expected_rows=n, mmap=False))
-            fit_layer_embedding(md.paths, layer, acts, n_components=2, extra_meta={"source": meta})
-            log.info("[%s] fitted the map of %s in %.1fs", md.name, layer, time.perf_counter() - t0)
-        progress(1.0, desc=f"Layer {layer} ready")
+            fit_layer_embedding(md.paths, layer, acts, n_components=2, extra_meta={"source": source})
+            where = "this process"
+        else:
+            progress(0.5, desc=f"Fitting the 2-D map of {layer} (UMAP on the {backend.name} worker)")
+            fit = gpu_ops.fit_umap(gpu_ops.FitRequest(acts, n_components=2))
+            embedding = np.asarray(fit.embedding, dtype=np.float32)
+            if embedding.shape != (n, 2):
+                raise RuntimeError(f"the {backend.name} worker returned a map of shape {embedding.shape} for layer "
+                                   f"{layer!r}; expected ({n}, 2)")
+            pipe = UMAPPipeline.from_embedding(acts, embedding, backend_used=fit.backend, fit_seconds=fit.seconds,
+                                               n_components=2)
+            save_embedding(md.paths, layer, pipe, extra_meta={"source": source, "fitted_on": backend.name})
+            where = f"the {backend.name} worker ({fit.backend})"
+        log.info("[%s] fitted the map of %s in %s in %.1fs", md.name, layer, where, time.perf_counter() - t0)
 
     def ensure_view(self, model: str, layer: str, view: str, progress: Progress | None = None) -> LayerData:
         """The layer with the coordinates of ``view`` ready: the 3-D (aligned) map is loaded,
