@@ -72,3 +72,27 @@ def running_app(app_data_dir):
     finally:
         demo.close()
         gpu_ops.set_gpu_backend(previous)
+
+
+# ---- a headless browser, one per session (tests/test_browser.py) ------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (installed by .ci/run); Playwright never downloads one
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright's sync API, launched once per session.
+    Skips (with the reason) when chromium or Playwright is missing."""
+    import os
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -416,7 +416,7 @@ class GradioVisualizer:
         with self._lock_for(model, layer):
             data = md.cached_layer(layer)
             if data is None:
-                self._ensure_layer_on_disk(md, layer, progress or _no_progress)
+                self._ensure_layer_on_disk(md, layer, _no_progress if progress is None else progress)
                 data = md.add_layer(md.load_layer(layer))
         return data
 
@@ -527,7 +527,8 @@ class GradioVisualizer:
                 try:
                     aligned = load_aligned(md.paths, layer, acts)
                 except DataLayoutError:
-                    (progress or _no_progress)(0.3, desc=f"Fitting the aligned 3-D map of {layer}")
+                    if progress is not None:  # not `progress or ...`: a gr.Progress() is falsy
+                        progress(0.3, desc=f"Fitting the aligned 3-D map of {layer}")
                     aligned = fit_aligned_embedding(md.paths, layer, acts, md.metadata.noise_level,
                                                     md.metadata.sample_id)
                 data.set_aligned(aligned)
@@ -618,7 +619,7 @@ class GradioVisualizer:
         one batched transform."""
         from ..core.masking import compute_mask_dict
 
-        progress = progress or _no_progress
+        progress = _no_progress if progress is None else progress  # gr.Progress() is falsy (len 0)
         md = self.model(model)
         ld = self.layer(model, layer)
         masks = {}
