@@ -47,13 +47,16 @@ MODEL_RECIPES: dict[str, tuple[UNetConfig, TrainConfig]] = {
 
 
 def train(dataset: Dataset, net_config: UNetConfig, cfg: TrainConfig, log_every: int = 100,
-          log=print) -> tuple[EDMDenoiser, dict]:
-    """Train a denoiser on ``dataset``; returns the EMA model and a training card."""
+          log=print, init: EDMDenoiser | None = None) -> tuple[EDMDenoiser, dict]:
+    """Train a denoiser on ``dataset`` (from scratch, or on from ``init``); returns the EMA
+    model and a training card."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = torch.from_numpy(dataset.as_model_input())
     labels = torch.from_numpy(dataset.labels)
     model = EDMDenoiser(DemoUNet(net_config))
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
@@ -107,7 +110,8 @@ def save_weights(model: EDMDenoiser, card: dict, out_dir: Path, name: str) -> Pa
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "none (no commit yet)"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
