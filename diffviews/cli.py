@@ -3,6 +3,7 @@
     diffviews build-demo [--data-dir DIR] [--models digits shapes] [--num-samples N] [--force]
     diffviews extract --data-dir DIR --model NAME --layers L1 [L2 ...]
     diffviews viz [--data-dir DIR] [--model NAME] [--port N] [--device D] [--share]
+    diffviews bench [--quick] [--json PATH] [--markdown PATH] [--data-dir DIR] [--model NAME]
 
 Subcommands live in ``COMMANDS``; add one with the ``command`` decorator:
 
@@ -140,6 +141,54 @@ def viz_cmd(args: argparse.Namespace) -> int:
     if args.share:
         argv.append("--share")
     return app_main(argv + args.extra) or 0
+
+
+# ---- bench ---------------------------------------------------------------------------
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench.runner import SECTIONS
+
+    _add_data_dir(p)
+    p.add_argument("--quick", action="store_true", help="a tiny, fast run (a smoke test: its timings mean nothing)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="also write the markdown table to PATH")
+    p.add_argument("--model", default=None, help="model measured (default: digits when present, else the first)")
+    p.add_argument("--second-model", default=None,
+                   help="the other model of the memory test (default: another model, else a copy of --model)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, metavar="SECTION",
+                   help=f"measure only these (default: all of {' '.join(SECTIONS)})")
+
+
+@command("bench", "measure map fits, layer switches, callbacks, generation, memory, start-up and scale",
+         _bench_args)
+def bench_cmd(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.report import markdown, write_json
+    from .bench.runner import SECTIONS, BenchOptions, run
+
+    command_line = ["diffviews bench"] + (["--quick"] if args.quick else [])
+    for flag, value in (("--data-dir", args.data_dir), ("--model", args.model),
+                        ("--second-model", args.second_model), ("--json", args.json)):
+        if value is not None:
+            command_line.append(f"{flag} {value}")
+    if list(args.sections) != list(SECTIONS):
+        command_line.append("--sections " + " ".join(args.sections))
+    options = BenchOptions(Path(_data_dir(args)), model=args.model, second_model=args.second_model,
+                           quick=args.quick, sections=tuple(args.sections), command=" ".join(command_line))
+    results = run(options)
+    table = markdown(results)
+    print(table, end="")
+    if args.json is not None:
+        write_json(results, Path(args.json))
+    if args.markdown is not None:
+        Path(args.markdown).write_text(table)
+    failed = results["meta"]["failed_sections"]
+    if failed:
+        print(f"diffviews bench: failed sections: {', '.join(failed)} (see their 'error' in the results)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- entry point -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import pickle
 import shutil
 import subprocess
@@ -321,6 +322,59 @@ def test_fit_layer_embedding_writes_all_three_files(tmp_path, blobs):
     assert embedding.shape == (100, 3) and meta["columns"] == ["x", "y", "z"]
     assert paths.reducer_cache("enc_8x8").is_file()
     np.testing.assert_array_equal(embedding, fitted.embedding_)
+
+
+# -- speed-ups: exact neighbours below EXACT_KNN_MAX_POINTS, umap-learn's kernels cached on disk -----
+
+def test_exact_neighbors_match_brute_force_and_ignore_batching(blobs):
+    X = blobs[0][:, :16]
+    index = umap_backend.ExactNeighbors(X)
+    distances, indices = index.kneighbors(X, 6)
+    full = np.linalg.norm(X[:, None].astype(np.float64) - X[None].astype(np.float64), axis=2)
+    np.testing.assert_array_equal(indices[:, 0], np.arange(len(X)))  # each row first, at distance exactly 0
+    assert (distances[:, 0] == 0).all()
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :6], rtol=1e-9)
+    queries = X[:5] + 0.1
+    q_indices, q_distances = index.query(queries, 4)  # umap-learn's search-index call
+    assert q_indices.dtype == np.int32 and q_distances.dtype == np.float32 and q_indices.shape == (5, 4)
+    one_by_one = np.concatenate([index.query(queries[r:r + 1], 4)[0] for r in range(5)])
+    np.testing.assert_array_equal(q_indices, one_by_one)
+    with pytest.raises(ValueError, match="between 1 and"):
+        index.kneighbors(X, len(X) + 1)
+    with pytest.raises(ValueError, match="queries must be"):
+        index.kneighbors(X[:, :3], 2)
+
+
+def test_small_maps_get_exact_neighbours_and_keep_umaps_transform(pipe, monkeypatch):
+    from diffviews.processing.umap import EXACT_KNN_MAX_POINTS, exact_knn_wanted
+
+    assert pipe.knn_method_ == "exact"
+    assert isinstance(pipe.reducer_.knn_search_index, umap_backend.ExactNeighbors)
+    assert exact_knn_wanted(EXACT_KNN_MAX_POINTS - 1, "umap-learn", "euclidean")
+    assert not exact_knn_wanted(EXACT_KNN_MAX_POINTS, "umap-learn", "euclidean")
+    assert not exact_knn_wanted(100, "cuml", "euclidean") and not exact_knn_wanted(100, "umap-learn", "cosine")
+    monkeypatch.setenv("DIFFVIEWS_EXACT_KNN", "0")
+    assert not exact_knn_wanted(100, "umap-learn", "euclidean")
+
+
+def test_jit_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("DIFFVIEWS_CACHE_DIR", str(tmp_path))
+    assert umap_backend.jit_cache_dir() == tmp_path / "numba"
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "nb"))  # numba's own setting wins
+    assert umap_backend.jit_cache_dir() == tmp_path / "nb"
+
+
+def test_jit_cache_switches_on_once_and_can_be_switched_off(tmp_path):
+    code = "from diffviews.processing.umap_backend import enable_jit_cache as e; print(e(), e())"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "DIFFVIEWS_JIT_CACHE": "0"})
+    assert off.stdout.split() == ["0", "0"]
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        env={**env, "DIFFVIEWS_CACHE_DIR": str(tmp_path)})
+    first, second = map(int, on.stdout.split())
+    assert first == second > 20 and (tmp_path / "numba").is_dir()
 
 
 def test_warmup_runs_once_in_the_background():

@@ -14,8 +14,18 @@ ever shared. The fitted pipeline is also pickled next to them, but only as a loc
 activations with the saved parameters (or, with ``refit=False``, rebuilds a pipeline that
 projects by k-NN interpolation of the saved map, without any UMAP fit).
 
-The first UMAP fit in a process pays numba's JIT compilation (seconds to tens of seconds);
-``warmup()`` pays it in a background thread at start-up.
+Speed on the CPU (umap-learn), without changing what the map is:
+
+- Below 4096 points umap-learn finds each point's exact neighbours through a pairwise loop
+  that calls a compiled distance once per pair from Python (~17 s at 4000 points); above,
+  it searches approximately with pynndescent, whose numba code compiles for 20-40 s in
+  every process (it cannot be cached). Below ``EXACT_KNN_MAX_POINTS`` (16384) the pipeline
+  hands umap-learn exact neighbours from BLAS instead (``ExactNeighbors``: 0.5 s at 4000
+  points) as ``precomputed_knn``, with an index that keeps ``transform`` working.
+  ``DIFFVIEWS_EXACT_KNN=0`` turns this off.
+- The rest of umap-learn's numba code is kept on disk once compiled
+  (``umap_backend.enable_jit_cache``), so only the first process on a machine compiles it;
+  ``warmup()`` loads (or compiles) it in a background thread at start-up.
 """
 
 from __future__ import annotations
@@ -38,7 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from ..data.layout import DataLayoutError, ModelPaths
-from .umap_backend import CUML, UMAP_LEARN, make_nearest_neighbors, make_umap, select_backend, to_numpy
+from .umap_backend import (
+    CUML,
+    UMAP_LEARN,
+    ExactNeighbors,
+    make_nearest_neighbors,
+    make_umap,
+    select_backend,
+    to_numpy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +70,20 @@ __all__ = [
 _MATCH_RTOL = 1e-4
 # Most rows per call to a reducer's transform (umap-learn changes its epochs above 10000).
 _MAX_REDUCER_BATCH = 8192
+#: below this many points a umap-learn fit gets exact neighbours from ``ExactNeighbors``
+EXACT_KNN_MAX_POINTS = 16384
+EXACT_KNN_ENV = "DIFFVIEWS_EXACT_KNN"
+WARMUP_LARGE_ENV = "DIFFVIEWS_WARMUP_LARGE"
+
+
+def exact_knn_wanted(n_points: int, backend: str, metric: str) -> bool:
+    """Whether a fit of ``n_points`` rows gets its exact neighbours from ``ExactNeighbors``:
+    umap-learn, Euclidean metric, fewer than ``EXACT_KNN_MAX_POINTS`` rows and
+    ``DIFFVIEWS_EXACT_KNN`` not ``"0"``. (umap-learn itself computes exact neighbours below
+    4096 points, slowly, and approximate ones by nearest-neighbour descent above, whose
+    numba code cannot be cached on disk and compiles for 20-40 s in every process.)"""
+    return (backend == UMAP_LEARN and metric == "euclidean" and n_points < EXACT_KNN_MAX_POINTS
+            and os.environ.get(EXACT_KNN_ENV, "").strip() != "0")
 
 
 class EstimatorParams:
@@ -170,7 +202,8 @@ class UMAPPipeline(EstimatorParams):
     Fitted attributes: ``scaler_``, ``pca_`` (None when PCA was skipped), ``reducer_`` (the
     UMAP model; None when rebuilt from the saved map), ``train_features_`` (N, p) float32
     (training rows after scaling and PCA), ``embedding_`` (N, n_components) float32,
-    ``backend_`` ("cuml" or "umap-learn"), ``n_features_in_``, ``fit_seconds_``.
+    ``backend_`` ("cuml" or "umap-learn"), ``n_features_in_``, ``fit_seconds_``, ``knn_method_``
+    ("exact": neighbours from ``ExactNeighbors``; "umap": found by the UMAP library itself).
     After ``transform``: ``transform_method_`` is "reducer" (UMAP's own transform) or "knn"
     (inverse-distance-weighted k-NN interpolation of ``embedding_`` in the PCA space).
     """
@@ -199,10 +232,21 @@ class UMAPPipeline(EstimatorParams):
         t0 = time.perf_counter()
         backend = select_backend(self.backend)
         Z = self._fit_preprocessing(X)
-        reducer = make_umap(backend, n_components=int(self.n_components),
-                            n_neighbors=int(min(self.n_neighbors, X.shape[0] - 1)), min_dist=float(self.min_dist),
-                            metric=self.metric, random_state=self.random_state)
-        self.embedding_ = to_numpy(reducer.fit_transform(Z))
+        n_neighbors = int(min(self.n_neighbors, X.shape[0] - 1))
+        params = dict(n_components=int(self.n_components), n_neighbors=n_neighbors, min_dist=float(self.min_dist),
+                      metric=self.metric, random_state=self.random_state)
+        self.knn_method_ = "umap"
+        if exact_knn_wanted(Z.shape[0], backend, self.metric):
+            index = ExactNeighbors(Z)
+            distances, indices = index.kneighbors(Z, n_neighbors)
+            # int32 / float32, as umap-learn's own search returns them (the same compiled kernels serve both)
+            params["precomputed_knn"] = (indices.astype(np.int32), distances.astype(np.float32), index)
+            self.knn_method_ = "exact"
+        reducer = make_umap(backend, **params)
+        with warnings.catch_warnings():
+            # umap-learn warns that an index that is not its own NNDescent cannot transform; this one can
+            warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
+            self.embedding_ = to_numpy(reducer.fit_transform(Z))
         self.reducer_ = reducer
         self.backend_ = backend
         self.fit_seconds_ = time.perf_counter() - t0
@@ -519,27 +563,32 @@ def _warmup_now(large: bool) -> None:
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(96, 8)).astype(np.float32)
-    # umap-learn takes the nearest-neighbour-descent path for N >= 4096 (forced here on tiny
-    # data, so that it compiles) and exact neighbours below that
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for force_approx in ((True, False) if large else (False,)):
+        # what UMAPPipeline runs below EXACT_KNN_MAX_POINTS: exact neighbours given to umap-learn
+        pipe = UMAPPipeline(n_neighbors=10, pca_components=None, random_state=0, backend=UMAP_LEARN).fit(X)
+        pipe.transform(X[:8] + 0.01)
+        if large:  # umap-learn's own nearest-neighbour descent (forced here on tiny data)
             reducer = make_umap(UMAP_LEARN, n_components=2, n_neighbors=10, random_state=0, n_epochs=20,
-                                force_approximation_algorithm=force_approx)
+                                force_approximation_algorithm=True)
             reducer.fit(X)
             reducer.transform(X[:8] + 0.01)
     logger.info("umap-learn JIT warm-up done in %.1f s", time.perf_counter() - t0)
 
 
-def warmup(background: bool = True, large: bool = True) -> threading.Thread | None:
-    """Compile umap-learn's numba kernels now, on a tiny random set, so that the first real
-    fit and transform in this process do not pay it (numba caches most of them in memory
-    only, so every process pays once). ``large`` also compiles the path umap-learn takes for
-    N >= 4096 points (nearest-neighbour descent), which costs most.
+def warmup(background: bool = True, large: bool | None = None) -> threading.Thread | None:
+    """Compile (or, once a process has compiled them, load from numba's on-disk cache)
+    umap-learn's kernels now, on a tiny random set, so that the first real fit and transform
+    in this process do not pay it. ``large`` also compiles umap-learn's nearest-neighbour
+    descent, used from ``EXACT_KNN_MAX_POINTS`` points on: 20-40 s of CPU in every process,
+    mostly holding the GIL, which slows a starting app's first page down by half. It is off
+    unless asked for, here or with ``DIFFVIEWS_WARMUP_LARGE=1`` (for data with maps that big).
 
     Runs once per process; with ``background=True`` in a daemon thread, which is returned
     (join it to wait). Returns None when it ran in the foreground, already ran, or cuML will
     do the fitting."""
+    if large is None:
+        large = os.environ.get(WARMUP_LARGE_ENV, "").strip() == "1"
     global _warmup_thread
     if select_backend() == CUML:
         return None

@@ -6,15 +6,21 @@ environment variable ``DIFFVIEWS_FORCE_CPU`` is unset (or ``"0"``). Everything e
 umap-learn / scikit-learn. The heavy libraries are imported inside the functions that need
 them, so importing this module costs nothing (no umap, no numba, no cuml).
 
-    backend = select_backend()                      # "cuml" or "umap-learn"
-    reducer = make_umap(backend, n_neighbors=15, n_components=2, random_state=42)
-    distances, indices = nearest_neighbors(X, k=10)
+umap-learn compiles its numba kernels in every process (tens of seconds on the first fit)
+and asks numba to keep almost none of them on disk. ``enable_jit_cache()`` (called by
+``make_umap``) turns numba's on-disk cache on for those kernels, so only the first process
+on a machine compiles them; later ones load the machine code in well under a second. The
+cache folder is ``$NUMBA_CACHE_DIR`` when set, else ``$DIFFVIEWS_CACHE_DIR/numba`` (default
+``~/.cache/diffviews/numba``); ``DIFFVIEWS_JIT_CACHE=0`` leaves umap-learn as it is.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -22,11 +28,20 @@ CUML = "cuml"
 UMAP_LEARN = "umap-learn"
 BACKENDS = (CUML, UMAP_LEARN)
 FORCE_CPU_ENV = "DIFFVIEWS_FORCE_CPU"
+JIT_CACHE_ENV = "DIFFVIEWS_JIT_CACHE"
+CACHE_DIR_ENV = "DIFFVIEWS_CACHE_DIR"
+#: umap-learn modules whose numba kernels ``enable_jit_cache`` keeps on disk (those not cached
+#: already). pynndescent's nearest-neighbour descent is left alone: its entry kernel uses dynamic
+#: globals, which numba cannot cache, and UMAPPipeline avoids it below EXACT_KNN_MAX_POINTS.
+_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse", "umap.spectral")
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CUML", "UMAP_LEARN", "BACKENDS", "FORCE_CPU_ENV",
-    "cuml_available", "force_cpu", "select_backend",
-    "make_umap", "make_nearest_neighbors", "to_numpy", "nearest_neighbors",
+    "JIT_CACHE_ENV", "CACHE_DIR_ENV", "jit_cache_dir", "cuml_available", "force_cpu", "select_backend",
+    "jit_cache_wanted", "enable_jit_cache",
+    "make_umap", "make_nearest_neighbors", "to_numpy", "nearest_neighbors", "ExactNeighbors",
 ]
 
 
@@ -69,6 +84,79 @@ def select_backend(prefer: str | None = None) -> str:
     return CUML if not force_cpu() and cuml_available() else UMAP_LEARN
 
 
+def jit_cache_wanted() -> bool:
+    """False when ``DIFFVIEWS_JIT_CACHE`` is ``"0"`` (keep umap-learn's kernels in memory only)."""
+    return os.environ.get(JIT_CACHE_ENV, "").strip() != "0"
+
+
+def jit_cache_dir() -> Path:
+    """Where umap-learn's compiled kernels are kept: ``$NUMBA_CACHE_DIR`` when set (numba's own
+    setting, which then holds every library's cached kernels), else ``<cache>/numba`` with
+    ``<cache>`` = ``$DIFFVIEWS_CACHE_DIR``, or ``$XDG_CACHE_HOME/diffviews``, or ``~/.cache/diffviews``."""
+    numba_dir = os.environ.get("NUMBA_CACHE_DIR", "").strip()
+    if numba_dir:
+        return Path(numba_dir)
+    root = os.environ.get(CACHE_DIR_ENV, "").strip()
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        root = str(Path(xdg) / "diffviews") if xdg else str(Path.home() / ".cache" / "diffviews")
+    return Path(root) / "numba"
+
+
+_jit_cache_lock = threading.Lock()
+_jit_cache_kernels: int | None = None
+
+
+def enable_jit_cache() -> int:
+    """Ask numba to cache umap-learn's compiled kernels on disk, in ``jit_cache_dir()`` (once per
+    process, before the first fit compiles them). Returns how many kernels now cache: 0 when
+    ``DIFFVIEWS_JIT_CACHE=0`` or the folder cannot be created.
+
+    numba's own cache rules apply: an entry is reused only for the same kernel source, argument
+    types and CPU, so a new umap-learn version or another machine simply compiles again."""
+    global _jit_cache_kernels
+    with _jit_cache_lock:
+        if _jit_cache_kernels is not None:
+            return _jit_cache_kernels
+        _jit_cache_kernels = 0
+        if not jit_cache_wanted():
+            return 0
+        folder = jit_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.warning("numba kernel cache disabled: cannot create %s (%s)", folder, exc)
+            return 0
+        import importlib
+
+        from numba.core import config as numba_config
+        from numba.core.dispatcher import Dispatcher
+
+        previous = numba_config.CACHE_DIR
+        numba_config.CACHE_DIR = str(folder)  # read when each kernel's cache is set up, just below
+        try:
+            for name in _KERNEL_MODULES:
+                try:
+                    module = importlib.import_module(name)
+                except ImportError:
+                    continue
+                for kernel in list(vars(module).values()):
+                    if not (isinstance(kernel, Dispatcher) and kernel.__module__ == name):
+                        continue
+                    if type(getattr(kernel, "_cache", None)).__name__ != "NullCache":
+                        continue  # declared cache=True by its library: numba keeps it already
+                    try:
+                        kernel.enable_caching()
+                    except Exception as exc:  # noqa: BLE001 - an uncacheable kernel compiles as before
+                        logger.debug("numba cannot cache %s.%s: %s", name, kernel.__name__, exc)
+                        continue
+                    _jit_cache_kernels += 1
+        finally:
+            numba_config.CACHE_DIR = previous  # other libraries keep numba's default places
+        logger.debug("numba keeps %d umap-learn kernels in %s", _jit_cache_kernels, folder)
+        return _jit_cache_kernels
+
+
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown UMAP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -83,6 +171,7 @@ def make_umap(backend: str, **params):
         return UMAP(**params)
     from umap import UMAP
 
+    enable_jit_cache()
     if params.get("random_state") is not None:
         # a fixed seed makes umap-learn single-threaded anyway; saying so avoids its warning
         params.setdefault("n_jobs", 1)
@@ -129,3 +218,67 @@ def nearest_neighbors(X, k: int, backend: str | None = None, queries=None) -> tu
     index = make_nearest_neighbors(select_backend(backend), int(k)).fit(X)
     distances, indices = index.kneighbors(Q)
     return to_numpy(distances, np.float32), to_numpy(indices, np.int64)
+
+
+class ExactNeighbors:
+    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), on the CPU.
+
+    Distances are found with BLAS in float64 blocks and the chosen neighbours' distances are
+    then recomputed directly, so a row's own distance is exactly 0 and a query row gets the
+    same neighbours and distances whichever rows it is batched with.
+
+    It also answers umap-learn's search-index interface (``query(X, k, epsilon)`` returning
+    ``(indices int32, distances float32)``, and ``_angular_trees``), so a UMAP fitted with
+    ``precomputed_knn=(indices, distances, ExactNeighbors(data))`` keeps ``transform``.
+    """
+
+    _angular_trees = False  # read by umap-learn's transform to pick its search epsilon
+    block_rows = 512
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
+        if self.data.ndim != 2 or self.data.shape[0] == 0:
+            raise ValueError(f"data must be a non-empty (N, p) array, got shape {self.data.shape}")
+        self._data64 = None
+        self._sq_norms = None
+
+    def __getstate__(self):
+        return {"data": self.data}  # the float64 copies are rebuilt on the first query
+
+    def __setstate__(self, state):
+        self.__init__(state["data"])
+
+    def kneighbors(self, X, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of ``data`` for each row of ``X``, nearest first (ties by row):
+        ``(distances (M, k) float64, indices (M, k) int64)``."""
+        n = self.data.shape[0]
+        if not 1 <= int(k) <= n:
+            raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
+        k = int(k)
+        Q = np.asarray(X, dtype=np.float64)
+        if Q.ndim != 2 or Q.shape[1] != self.data.shape[1]:
+            raise ValueError(f"queries must be (M, {self.data.shape[1]}), got shape {Q.shape}")
+        if self._data64 is None:
+            self._data64 = self.data.astype(np.float64)
+            self._sq_norms = np.einsum("ij,ij->i", self._data64, self._data64)
+        A, sq = self._data64, self._sq_norms
+        indices = np.empty((Q.shape[0], k), dtype=np.int64)
+        distances = np.empty((Q.shape[0], k), dtype=np.float64)
+        for start in range(0, Q.shape[0], self.block_rows):
+            q = Q[start:start + self.block_rows]
+            d2 = q @ A.T
+            d2 *= -2.0
+            d2 += sq  # |x|^2 - 2 q.x: the squared distance less |q|^2, which is the same along a row
+            cand = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(q), 1))
+            diff = A[cand] - q[:, None, :]
+            exact = np.sqrt(np.einsum("mkp,mkp->mk", diff, diff))
+            order = np.lexsort((cand, exact), axis=1)
+            indices[start:start + len(q)] = np.take_along_axis(cand, order, axis=1)
+            distances[start:start + len(q)] = np.take_along_axis(exact, order, axis=1)
+        return distances, indices
+
+    def query(self, X, k: int, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """umap-learn's search-index call: ``(indices (M, k) int32, distances (M, k) float32)``;
+        ``epsilon`` (the approximate search's slack) does not apply to an exact search."""
+        distances, indices = self.kneighbors(X, k)
+        return indices.astype(np.int32), distances.astype(np.float32)

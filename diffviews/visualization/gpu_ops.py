@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +170,20 @@ def set_gpu_backend(backend: GPUBackend) -> GPUBackend:
     with _backend_guard:
         previous, _backend = _backend, backend
     return previous
+
+
+@contextmanager
+def preserved_backend():
+    """Put back whatever backend was installed (or none) when the block exits: for code that
+    builds visualizers of its own inside a process that already serves one (benchmarks)."""
+    global _backend
+    with _backend_guard:
+        saved = _backend
+    try:
+        yield
+    finally:
+        with _backend_guard:
+            _backend = saved
 
 
 def get_gpu_backend() -> GPUBackend:
