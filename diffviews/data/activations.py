@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import DataLayoutError, ModelPaths
+from .layout import DataLayoutError, ModelPaths, read_json_object
 
 DTYPE = "float32"
 
@@ -58,14 +58,7 @@ def save_activations(paths: ModelPaths, layer: str, array: np.ndarray, meta: dic
 def read_sidecar(paths: ModelPaths, layer: str) -> dict:
     """The validated ``<layer>.json`` sidecar."""
     side = paths.activations_sidecar(layer)
-    if not side.is_file():
-        raise DataLayoutError(f"missing activations sidecar {side} (expected beside {paths.activations(layer).name})")
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataLayoutError(f"malformed JSON in activations sidecar {side}: {exc}") from None
-    if not isinstance(meta, dict):
-        raise DataLayoutError(f"activations sidecar {side} must hold a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(side, "activations sidecar", f" (expected beside {paths.activations(layer).name})")
     for key in ("layer", "shape", "dtype", "N", "D"):
         if key not in meta:
             raise DataLayoutError(f"activations sidecar {side} lacks required key {key!r} "

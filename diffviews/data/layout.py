@@ -107,16 +107,23 @@ def discover_models(data_dir: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
 
 
+def read_json_object(path: Path, what: str, missing_hint: str = "") -> dict:
+    """The JSON object in ``path``; a missing file, malformed JSON or a non-object raise
+    ``DataLayoutError`` naming ``what`` and the file."""
+    if not path.is_file():
+        raise DataLayoutError(f"missing {what}: {path}{missing_hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataLayoutError(f"malformed JSON in {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataLayoutError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_config(paths: ModelPaths) -> dict:
     """Read and validate ``config.json``; errors name the file and the problem."""
-    if not paths.config.is_file():
-        raise DataLayoutError(f"missing model config: {paths.config}")
-    try:
-        config = json.loads(paths.config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataLayoutError(f"malformed JSON in {paths.config}: {exc}") from None
-    if not isinstance(config, dict):
-        raise DataLayoutError(f"{paths.config} must hold a JSON object, got {type(config).__name__}")
+    config = read_json_object(paths.config, "model config")
     for key, typ in REQUIRED_CONFIG_KEYS.items():
         if key not in config:
             raise DataLayoutError(f"{paths.config} lacks required key {key!r} "

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.layout import DataLayoutError, ModelPaths
+from ..data.layout import DataLayoutError, ModelPaths, read_json_object
 from .umap_backend import (
     CUML,
     UMAP_LEARN,
@@ -403,14 +403,7 @@ def save_embedding(paths: ModelPaths, layer: str, pipeline, suffix: str = "", ex
 
 
 def _read_meta(meta_path: Path, csv_path: Path) -> dict:
-    if not meta_path.is_file():
-        raise DataLayoutError(f"missing embedding metadata {meta_path} (it goes with {csv_path.name})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataLayoutError(f"malformed JSON in {meta_path}: {exc}") from None
-    if not isinstance(meta, dict):
-        raise DataLayoutError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, "embedding metadata", f" (it goes with {csv_path.name})")
     for key in ("n_points", "n_components"):
         value = meta.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
