@@ -2,34 +2,28 @@
 
     python app.py            # builds the demo data if missing, serves on :7860
 
-The heavy work runs in the ``@spaces.GPU`` functions below, which ZeroGPU attaches a GPU
-to for the length of one call (their ``duration`` is estimated from the request). They
-take and return plain data (``wire.to_plain``), and ``SpacesBackend`` installs them as the
-dispatch backend of ``diffviews.visualization.gpu_ops``. Without the ``spaces`` package the
-decorator is a no-op and the same functions run in this process.
+The heavy work runs in the ``@spaces.GPU`` function ``gpu_serve`` below, which ZeroGPU
+attaches a GPU to for the length of one call (its ``duration`` is estimated from the
+request's header). It is the transport of the app's ``RemoteBackend``: an encoded request
+in, ``worker.serve_request`` on the in-process ``LocalBackend``, an encoded reply out.
+Without the ``spaces`` package the decorator is a no-op and the same function runs in
+this process.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import math
 import os
 from pathlib import Path
 
-import numpy as np
-
+from diffviews.backends.local import LocalBackend
+from diffviews.backends.remote import RemoteBackend
+from diffviews.backends.wire import read_metadata
+from diffviews.backends.worker import serve_request
 from diffviews.hosting import DATA_DIR_ENV, build_ui, ensure_demo_data, start_warmup
-from diffviews.visualization.gpu_ops import (
-    ExtractionRequest,
-    FitRequest,
-    FitResult,
-    GenerationRequest,
-    GenerationResult,
-    GPUBackend,
-    LocalBackend,
-    set_gpu_backend,
-)
-from diffviews.visualization.wire import from_plain, to_plain
 
 try:
     import spaces
@@ -68,16 +62,16 @@ def worker() -> LocalBackend:
     return _worker
 
 
-def configure(data_dir: str | Path = DATA_DIR, device: str | None = None) -> LocalBackend:
-    """Load every model under ``data_dir`` and install ``SpacesBackend`` as the dispatch backend."""
+def configure(data_dir: str | Path = DATA_DIR, device: str | None = None) -> RemoteBackend:
+    """Load every model under ``data_dir``; returns the app's backend (``gpu_serve`` as transport)."""
     global _worker
     from diffviews.data.layout import discover_models
 
     _worker = LocalBackend(data_dir, device=device or ("cuda" if on_zero_gpu() else None))
     for model in discover_models(data_dir):
         _worker.adapter(model)
-    set_gpu_backend(SpacesBackend())
-    return _worker
+    # map fits take a GPU slot only with cuML; umap-learn runs on the CPU and would waste GPU quota
+    return RemoteBackend(gpu_serve, name="spaces", fits_remotely=cuml_installed())
 
 
 # ---- GPU time per call: generous estimates for the bundled small models -----------------------
@@ -86,83 +80,45 @@ def _seconds(estimate: float) -> int:
     return int(min(MAX_GPU_SECONDS, max(10, estimate)))
 
 
-def generation_seconds(request: dict) -> int:
-    return _seconds(10 + 0.2 * request.get("num_steps", 20) * request.get("num_samples", 1))
+def gpu_seconds(payload: bytes) -> int:
+    """ZeroGPU slot length for one request, from its header only (operation and array shapes)."""
+    header = read_metadata(payload)
+    body = json.loads(header.get("__metadata__", {}).get("diffviews", "{}"))
+    op, request = body.get("op"), body.get("payload")
+    request = request if isinstance(request, dict) else {}
+    shapes = {name: math.prod(spec.get("shape", [])) for name, spec in header.items()
+              if name != "__metadata__" and isinstance(spec, dict)}
+
+    def rows(field: str) -> int:  # the first dimension of a request's array field
+        ref = request.get(field)
+        name = ref.get("__array__") if isinstance(ref, dict) else None
+        spec = header.get(name, {}) if name else {}
+        return int(spec.get("shape", [0])[0]) if spec.get("shape") else 0
+
+    if op == "generate":
+        return _seconds(10 + 0.2 * request.get("num_steps", 20) * request.get("num_samples", 1))
+    if op == "extract_layer":
+        return _seconds(15 + rows("images") * len(request.get("noise_levels", [])) * len(request.get("layers", []))
+                        / 2000)
+    if op == "fit_umap":
+        return _seconds(20 + rows("activations") / 5000)
+    return _seconds(10 + sum(shapes.values()) / 1e8)
 
 
-def extraction_seconds(request: dict) -> int:
-    images = np.asarray(request.get("images", np.empty((0,))))
-    return _seconds(15 + len(images) * len(request.get("noise_levels", [])) * len(request.get("layers", [])) / 2000)
-
-
-def fit_seconds(request: dict) -> int:
-    return _seconds(20 + len(np.asarray(request.get("activations", np.empty((0,))))) / 5000)
-
-
-# ---- the GPU functions (plain data in, plain data out) ------------------------------------------
-
-@gpu(duration=generation_seconds)
-def gpu_generate(request: dict) -> dict:
-    return to_plain(worker().generate(from_plain(request)))
-
-
-@gpu(duration=extraction_seconds)
-def gpu_extract_layer(request: dict) -> dict:
-    return to_plain(worker().extract_layer(from_plain(request)))
-
-
-@gpu(duration=fit_seconds)
-def gpu_fit_umap(request: dict) -> dict:
-    return to_plain(worker().fit_umap(from_plain(request)))
-
-
-@gpu(duration=10)
-def gpu_layer_shapes(model: str) -> dict:
-    return to_plain(worker().layer_shapes(model))  # one dummy forward pass, on the model's device
+@gpu(duration=gpu_seconds)
+def gpu_serve(payload: bytes) -> bytes:
+    """One encoded request on the in-process models (a ZeroGPU call on Spaces)."""
+    return serve_request(worker(), payload)
 
 
 def cuml_installed() -> bool:
     return importlib.util.find_spec("cuml") is not None
 
 
-class SpacesBackend(GPUBackend):
-    """Dispatch through the ``@spaces.GPU`` functions. Map fits take a GPU slot only when
-    cuML is installed; umap-learn runs on the CPU and would only waste GPU quota. Layer
-    shapes are asked once per model (a ZeroGPU call forgets what it cached)."""
-
-    name = "spaces"
-
-    def __init__(self):
-        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-
-    @property
-    def fits_remotely(self) -> bool:
-        """New maps are fitted in a GPU call only with cuML; otherwise in this process, where
-        umap-learn's own transform then projects trajectories."""
-        return cuml_installed()
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        return from_plain(gpu_generate(to_plain(request)))
-
-    def extract_layer(self, request: ExtractionRequest) -> dict[str, np.ndarray]:
-        return from_plain(gpu_extract_layer(to_plain(request)))
-
-    def fit_umap(self, request: FitRequest) -> FitResult:
-        if cuml_installed():
-            return from_plain(gpu_fit_umap(to_plain(request)))
-        return worker().fit_umap(request)
-
-    def layer_shapes(self, model: str) -> dict[str, tuple[int, ...]]:
-        if model not in self._shapes:
-            self._shapes[model] = from_plain(gpu_layer_shapes(model))
-        return dict(self._shapes[model])
-
-
 def create_app(data_dir: str | Path = DATA_DIR, device: str | None = None):
-    """Build the demo data if missing, load the models, install the backend; returns the gr.Blocks."""
+    """Build the demo data if missing, load the models, make the backend; returns the gr.Blocks."""
     ensure_demo_data(data_dir)
-    configure(data_dir, device)
-    return build_ui(data_dir)
+    return build_ui(data_dir, configure(data_dir, device))
 
 
 if __name__ == "__main__":

@@ -32,13 +32,12 @@ MAX_CONCURRENT_INPUTS = 100
 
 def create_single_app(data_dir: str = MODAL_DATA_DIR):
     """The FastAPI app: demo data ensured, an in-process LocalBackend (CUDA when present), the UI at /."""
+    from diffviews.backends.local import LocalBackend
     from diffviews.hosting import build_ui, commit_volume, ensure_demo_data, mount_on_fastapi
-    from diffviews.visualization.gpu_ops import LocalBackend, set_gpu_backend
 
     ensure_demo_data(data_dir)
     commit_volume(volume)
-    set_gpu_backend(LocalBackend(data_dir))
-    return mount_on_fastapi(build_ui(data_dir))
+    return mount_on_fastapi(build_ui(data_dir, LocalBackend(data_dir)))
 
 
 @app.function(**SINGLE_OPTIONS)

@@ -3,10 +3,11 @@
     modal deploy modal_gpu.py        # deploys the app "diffviews-gpu" with the class GPUWorker
 
 One T4 container holds the models (loaded once per container in ``@modal.enter``) and
-serves the dispatch interface of ``diffviews.visualization.gpu_ops``: ``generate``,
-``extract_layer``, ``fit_umap`` (cuML on the GPU) and ``layer_shapes``, each taking and
-returning plain data (``wire.to_plain``). It scales to zero after ``GPU_SCALEDOWN_S`` idle
-seconds. The data directory lives on the Volume "diffviews-data", mounted at /data and
+serves every backend operation (``generate``, ``extract_layer``, ``fit_umap`` with cuML on
+the GPU, ``layer_shapes``, ``unload``) through one method, ``serve``: encoded request in,
+encoded reply out (``diffviews.backends.worker.serve_request``, the loop every worker
+shares). It scales to zero after ``GPU_SCALEDOWN_S`` idle seconds. The data directory lives
+on the Volume "diffviews-data", mounted at /data and
 shared with the web container. ``seed_layer`` serves ``scripts/seed_layer_cache.py --modal``.
 """
 
@@ -39,41 +40,29 @@ class GPUWorker:
     @modal.enter()
     def load(self) -> None:
         """Load every model's weights once per container (onto the GPU when there is one)."""
+        from diffviews.backends.local import LocalBackend
         from diffviews.data.layout import discover_models
-        from diffviews.visualization.gpu_ops import LocalBackend
 
         reload_volume(volume)
         self.backend = LocalBackend(self.data_dir)
         for model in discover_models(self.data_dir):
             self.backend.adapter(model)
 
-    def _run(self, op: str, payload):
+    def _reload_on_layout_error(self, exc: Exception) -> bool:
+        """A model the web container built after this one started: look at the volume again, retry."""
         from diffviews.data.layout import DataLayoutError
-        from diffviews.visualization.wire import from_plain, to_plain
 
-        request = from_plain(payload)
-        try:
-            result = getattr(self.backend, op)(request)
-        except DataLayoutError:  # a model the web container built after this one started: look again
-            reload_volume(volume)
-            result = getattr(self.backend, op)(request)
-        return to_plain(result)
+        if not isinstance(exc, DataLayoutError):
+            return False
+        reload_volume(volume)
+        return True
 
     @modal.method()
-    def generate(self, request: dict) -> dict:
-        return self._run("generate", request)
+    def serve(self, payload: bytes) -> bytes:
+        """One encoded request (``diffviews.backends.wire``) in, the encoded reply out."""
+        from diffviews.backends.worker import serve_request
 
-    @modal.method()
-    def extract_layer(self, request: dict) -> dict:
-        return self._run("extract_layer", request)
-
-    @modal.method()
-    def fit_umap(self, request: dict) -> dict:
-        return self._run("fit_umap", request)
-
-    @modal.method()
-    def layer_shapes(self, model: str) -> dict:
-        return self._run("layer_shapes", model)
+        return serve_request(self.backend, payload, retry_if=self._reload_on_layout_error)
 
     @modal.method()
     def seed_layer(self, model: str, layer: str) -> str:

@@ -5,7 +5,8 @@
 One container (``max_containers=1``, so every browser session lands on the same process
 and its per-session state) serves many concurrent requests (``@modal.concurrent``). Heavy
 work goes to the deployed GPU worker, looked up by name; if that lookup fails, the page
-says so and everything runs on this container's CPU instead.
+says so and everything runs on this container's CPU instead (or, in an image without
+torch, the app only browses the maps already built).
 """
 
 from __future__ import annotations
@@ -33,13 +34,19 @@ MAX_CONCURRENT_INPUTS = 100
 def create_web_app(data_dir: str = MODAL_DATA_DIR, connect=None):
     """The FastAPI app: demo data ensured, the Modal GPU worker installed as backend (or the
     local fallback, with its notice on the page), the Gradio UI mounted at /."""
-    from diffviews.hosting import build_ui, commit_volume, ensure_demo_data, mount_on_fastapi
-    from diffviews.visualization.modal_backend import connect_worker, install_modal_backend
+    from diffviews.hosting import (
+        build_ui,
+        commit_volume,
+        connect_gpu_worker,
+        ensure_demo_data,
+        mount_on_fastapi,
+        worker_or_local_backend,
+    )
 
     ensure_demo_data(data_dir)
     commit_volume(volume)  # the GPU worker reads the same configs
-    _, notice = install_modal_backend(data_dir, connect or connect_worker)
-    return mount_on_fastapi(build_ui(data_dir, notice=notice))
+    backend, notice = worker_or_local_backend(data_dir, connect or connect_gpu_worker)
+    return mount_on_fastapi(build_ui(data_dir, backend, notice=notice))
 
 
 @app.function(**WEB_OPTIONS)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from .backends import Backend, open_backend
 from .data.layout import discover_models
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,21 @@ def ensure_demo_data(data_dir: str | Path) -> list[str]:
     return models
 
 
-def build_ui(data_dir: str | Path, notice: str | None = None):
-    """The DiffViews Gradio app over ``data_dir`` (a ``gr.Blocks``) on the installed dispatch
-    backend, with ``notice`` shown if given. Layer switches read through the bucket layer
-    cache when the environment configures one (``LayerCache.from_env``)."""
+def make_visualizer(data_dir: str | Path, backend):
+    """The app's visualizer over ``data_dir`` on ``backend``; layer switches read through the
+    bucket layer cache when the environment configures one (``LayerCache.from_env``)."""
     from .data.r2_cache import LayerCache
-    from .visualization.app import GradioVisualizer, create_gradio_app
-    from .visualization.gpu_ops import get_gpu_backend
+    from .visualization.app import GradioVisualizer
 
-    visualizer = GradioVisualizer(data_dir, backend=get_gpu_backend(), layer_cache=LayerCache.from_env(data_dir))
-    demo = create_gradio_app(visualizer)
-    if notice:
-        add_notice(demo, notice)
-    return demo
+    return GradioVisualizer(data_dir, backend=backend, layer_cache=LayerCache.from_env(data_dir))
+
+
+def build_ui(data_dir: str | Path, backend, notice: str | None = None):
+    """The DiffViews Gradio app over ``data_dir`` (a ``gr.Blocks``) on ``backend``, with
+    ``notice`` shown if given."""
+    from .visualization.app import create_gradio_app
+
+    return create_gradio_app(make_visualizer(data_dir, backend), notice=notice)
 
 
 def start_warmup() -> None:
@@ -58,17 +62,26 @@ def start_warmup() -> None:
     warmup(background=True)
 
 
-def add_notice(demo, text: str):
-    """Show ``text`` on every page load of ``demo``: a warning toast and a line on the page."""
-    import gradio as gr
+def worker_or_local_backend(data_dir: str | Path, connect: Callable[[], Backend]) -> tuple[Backend, str | None]:
+    """(backend, notice): the remote GPU worker ``connect()`` returns, or, when it cannot be
+    reached, this container's own backend (``open_backend``: its CPU, or browse-only without
+    torch); the notice (None on success) says what failed and is meant for the UI."""
+    try:
+        return connect(), None
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the worker means "run here"
+        backend, local_notice = open_backend(data_dir, device="cpu")
+        where = "this container's CPU, which is slower" if local_notice is None else "nowhere: " + local_notice
+        notice = (f"the GPU worker ({MODAL_GPU_APP}/{MODAL_WORKER_CLASS}) could not be reached "
+                  f"({type(exc).__name__}: {exc}); generation, layer extraction and map fitting run on {where}")
+        log.warning(notice)
+        return backend, notice
 
-    def warn():
-        gr.Warning(text)
 
-    with demo:
-        gr.Markdown(f"**Note:** {text}", elem_id="backend-notice")
-        demo.load(warn, inputs=None, outputs=None)
-    return demo
+def connect_gpu_worker() -> Backend:
+    """The deployed Modal GPU worker (``modal_gpu.py``) as a backend."""
+    from .backends.modal_worker import connect_modal_worker
+
+    return connect_modal_worker(MODAL_GPU_APP, MODAL_WORKER_CLASS)
 
 
 def ui_options() -> dict:

@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 from tiny_data import make_tiny_data_dir
 
-from diffviews.hosting import IMAGE_EXTRAS, MODAL_DATA_DIR, PYPROJECT
+from diffviews.backends import wire
+from diffviews.backends.local import LocalBackend
+from diffviews.backends.modal_worker import modal_backend
+from diffviews.backends.process import process_backend
+from diffviews.backends.protocol import ExtractionRequest, FitRequest, GenerationRequest, UnavailableBackend
+from diffviews.backends.remote import RemoteBackend
+from diffviews.hosting import IMAGE_EXTRAS, MODAL_DATA_DIR, PYPROJECT, worker_or_local_backend
 from diffviews.visualization import gpu_ops
-from diffviews.visualization.gpu_ops import (
-    ExtractionRequest,
-    FitRequest,
-    GenerationRequest,
-    LocalBackend,
-    ProcessBackend,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the host files live in the repository root
@@ -39,13 +38,6 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(tiny_dir):
     return LocalBackend(tiny_dir, device="cpu")
-
-
-@pytest.fixture
-def restore_backend():
-    previous = gpu_ops._backend
-    yield
-    gpu_ops._backend = previous
 
 
 REQUEST = GenerationRequest(model="tiny", class_label=2, num_steps=3, guidance_scale=1.5, seed=5, mask_steps=1,
@@ -67,32 +59,37 @@ def test_spaces_entry_imports_without_launching_and_sizes_gpu_time():
 
     if app.spaces is None:  # outside Spaces the decorator leaves the function alone
         assert app.gpu(30)(len) is len
-    assert 10 <= app.generation_seconds({"num_steps": 20, "num_samples": 1}) < app.generation_seconds(
-        {"num_steps": 200, "num_samples": 4}) <= app.MAX_GPU_SECONDS
-    big = {"images": np.zeros((10**6, 1, 1, 1), np.float32), "noise_levels": [1, 2, 3], "layers": ["a"]}
-    assert app.extraction_seconds(big) == app.MAX_GPU_SECONDS
-    assert app.fit_seconds({"activations": np.zeros((100, 4), np.float32)}) >= 10
+
+    def seconds(op, payload):
+        return app.gpu_seconds(wire.encode({"op": op, "payload": payload}))
+
+    assert 10 <= seconds("generate", GenerationRequest("m", num_steps=20)) < seconds(
+        "generate", GenerationRequest("m", num_steps=200, num_samples=4)) <= app.MAX_GPU_SECONDS
+    big = ExtractionRequest("m", ["a"], np.zeros((10**6, 1, 1, 1), np.float32), np.zeros(10**6, np.int64), [1, 2, 3])
+    assert seconds("extract_layer", big) == app.MAX_GPU_SECONDS
+    assert seconds("fit_umap", FitRequest(np.zeros((100, 4), np.float32))) >= 10
+    assert seconds("layer_shapes", "m") == 10
 
 
-def test_spaces_backend_gives_the_local_result(tiny_dir, local, restore_backend):
+def test_spaces_backend_gives_the_local_result(tiny_dir, local):
     """Local, process-backend and Spaces-entry runs give the same image for the same request and seed."""
     import app
 
-    with ProcessBackend(tiny_dir, device="cpu", timeout=120) as process:
-        from_process = process.generate(REQUEST)
-    app.configure(tiny_dir, device="cpu")
-    backend = gpu_ops.get_gpu_backend()
-    assert isinstance(backend, app.SpacesBackend)
-    from_spaces, from_local = gpu_ops.generate(REQUEST), local.generate(REQUEST)
+    with process_backend(tiny_dir, device="cpu", timeout=120) as process:
+        from_process = gpu_ops.generate(process, REQUEST)
+    backend = app.configure(tiny_dir, device="cpu")
+    assert isinstance(backend, RemoteBackend) and backend.transport is app.gpu_serve
+    assert backend.fits_remotely == app.cuml_installed()
+    from_spaces, from_local = gpu_ops.generate(backend, REQUEST), gpu_ops.generate(local, REQUEST)
     _same_generation(from_spaces, from_local)
     _same_generation(from_process, from_local)
     assert from_local.images.std() > 0  # untrained, but not a blank image
-    ours, theirs = gpu_ops.extract_layer(EXTRACTION), local.extract_layer(EXTRACTION)
+    ours, theirs = gpu_ops.extract_layer(backend, EXTRACTION), local.extract_layer(EXTRACTION)
     np.testing.assert_array_equal(ours["enc_4x4"], theirs["enc_4x4"])
-    assert gpu_ops.layer_shapes("tiny") == local.layer_shapes("tiny")
+    assert gpu_ops.layer_shapes(backend, "tiny") == local.layer_shapes("tiny")
 
 
-def test_spaces_app_launches_and_generates_once(tiny_data_dir, restore_backend):
+def test_spaces_app_launches_and_generates_once(tiny_data_dir):
     pytest.importorskip("diffviews.visualization.app")
     import app
     from diffviews.visualization.app import launch_app
@@ -105,8 +102,8 @@ def test_spaces_app_launches_and_generates_once(tiny_data_dir, restore_backend):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200 and "DiffViews" in page.read().decode()
-        result = gpu_ops.generate(GenerationRequest(model="digits", class_label=3, num_steps=4, seed=1))
-        assert isinstance(gpu_ops.get_gpu_backend(), app.SpacesBackend)
+        spaces = RemoteBackend(app.gpu_serve, "spaces")  # what the app's visualizer was given
+        result = gpu_ops.generate(spaces, GenerationRequest(model="digits", class_label=3, num_steps=4, seed=1))
         assert result.images.shape == (1, 16, 16, 1) and result.images.std() > 0
     finally:
         demo.close()
@@ -156,8 +153,7 @@ def test_modal_files_declare_their_resources(modal_files):
     spec = getattr(gpu.GPUWorker._get_class_service_function(), "_spec_", None)  # what Modal recorded
     if spec is not None:
         assert spec.gpus == "T4" and MODAL_DATA_DIR in spec.volumes
-    assert {"generate", "extract_layer", "fit_umap", "layer_shapes", "seed_layer"} <= set(
-        gpu.GPUWorker._get_method_names())
+    assert {"serve", "seed_layer"} == set(gpu.GPUWorker._get_method_names())
 
     assert web.WEB_OPTIONS["max_containers"] == 1 and "gpu" not in web.WEB_OPTIONS
     assert isinstance(web.WEB_OPTIONS["volumes"][MODAL_DATA_DIR], modal.Volume)
@@ -176,10 +172,9 @@ def test_modal_images_install_the_declared_extras():
 
 
 def test_gpu_worker_methods_run_locally(modal_files, tiny_dir, local):
-    from diffviews.visualization.modal_backend import ModalBackend
-
     _, gpu, _, _ = modal_files
-    backend = ModalBackend(gpu.GPUWorker(data_dir=str(tiny_dir)), call="local")
+    backend = modal_backend(gpu.GPUWorker(data_dir=str(tiny_dir)), call="local")
+    assert backend.fits_remotely
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*executing locally.*")
         _same_generation(backend.generate(REQUEST), local.generate(REQUEST))
@@ -196,26 +191,29 @@ def test_gpu_worker_methods_run_locally(modal_files, tiny_dir, local):
 
 
 def test_web_uses_the_worker_or_falls_back_with_a_visible_notice(modal_files, tiny_dir, tiny_data_dir, monkeypatch,
-                                                                 tmp_path, restore_backend):
-    from diffviews.visualization.modal_backend import ModalBackend, install_modal_backend
+                                                                 tmp_path):
+    from diffviews.hosting import connect_gpu_worker
 
     _, gpu, web, _ = modal_files
-    backend, notice = install_modal_backend(tiny_dir, connect=lambda: ModalBackend(
-        gpu.GPUWorker(data_dir=str(tiny_dir)), call="local"))
-    assert notice is None and gpu_ops.get_gpu_backend() is backend
+    remote = modal_backend(gpu.GPUWorker(data_dir=str(tiny_dir)), call="local")
+    backend, notice = worker_or_local_backend(tiny_dir, connect=lambda: remote)
+    assert notice is None and backend is remote
 
     for var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):  # no Modal account here: the lookup really fails
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
-    backend, notice = install_modal_backend(tiny_dir)
-    assert isinstance(backend, LocalBackend) and gpu_ops.get_gpu_backend() is backend
+    backend, notice = worker_or_local_backend(tiny_dir, connect_gpu_worker)
+    assert isinstance(backend, LocalBackend)
     assert "could not be reached" in notice and "CPU" in notice
+    monkeypatch.setattr("diffviews.backends.torch_installed", lambda: False)  # a web image without torch
+    backend, notice = worker_or_local_backend(tiny_dir, connect_gpu_worker)
+    assert isinstance(backend, UnavailableBackend) and "only browses" in notice
+    monkeypatch.undo()
 
     pytest.importorskip("diffviews.visualization.app")
     from fastapi.testclient import TestClient
 
     asgi = web.create_web_app(str(tiny_data_dir))
-    assert isinstance(gpu_ops.get_gpu_backend(), LocalBackend)
     with TestClient(asgi) as client:
         assert client.get("/").status_code == 200
         config = client.get("/config").text

@@ -1,7 +1,9 @@
-"""ProcessBackend: every request and result crosses a real process boundary (pickle-free)."""
+"""The worker-process backend: every request and result crosses a real process boundary
+(pickle-free), and the wire format and worker loop it shares with every remote backend."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -11,18 +13,13 @@ import pytest
 import torch
 from tiny_data import make_tiny_data_dir
 
+from diffviews.backends import wire
+from diffviews.backends.local import LocalBackend
+from diffviews.backends.process import WorkerBusyError, WorkerDiedError, WorkerTimeoutError, process_backend
+from diffviews.backends.protocol import Backend, ExtractionRequest, FitRequest, GenerationRequest
+from diffviews.backends.remote import RemoteBackend
+from diffviews.backends.worker import serve_request
 from diffviews.data.layout import DataLayoutError
-from diffviews.visualization import wire
-from diffviews.visualization.gpu_ops import (
-    ExtractionRequest,
-    FitRequest,
-    GenerationRequest,
-    GPUBackend,
-    LocalBackend,
-    ProcessBackend,
-    set_gpu_backend,
-)
-from diffviews.visualization.process_backend import WorkerDiedError, WorkerTimeoutError
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +34,12 @@ def local(data_dir):
 
 @pytest.fixture(scope="module")
 def proc(data_dir):
-    backend = ProcessBackend(data_dir, device="cpu", timeout=120)
+    backend = process_backend(data_dir, device="cpu", timeout=120)
     yield backend
-    pid = backend.pid
+    pid = backend.transport.pid
     assert pid is not None
     backend.close()
-    assert backend.pid is None
+    assert backend.transport.pid is None
     with pytest.raises(ProcessLookupError):  # the worker really is gone
         os.kill(pid, 0)
 
@@ -96,71 +93,147 @@ def test_worker_extracts_and_maps_a_new_layer(proc):
 
 
 def test_worker_errors_keep_their_type_and_the_worker_survives(proc):
-    pid = proc.pid
+    pid = proc.transport.pid
     with pytest.raises(ValueError, match="class_label must be an integer within"):
         proc.generate(_request(class_label=7))
     with pytest.raises(DataLayoutError, match="missing model config"):
         proc.layer_shapes("no-such-model")
     with pytest.raises(wire.WireError, match=r"masks\['mid'\]: torch.Tensor cannot cross the wire"):
         proc.generate(_request(masks={"mid": torch.zeros(1, 16, 4, 4)}))
-    assert proc.pid == pid
+    # a malformed message reaches the worker too: answered with an error, the worker lives on
+    reply = wire.decode(proc.transport(b"\x05\x00\x00\x00\x00\x00\x00\x00{}xyz"))
+    assert reply["error"]["type"] == "WireError"
+    assert proc.transport.pid == pid
 
 
 def test_worker_dying_during_a_request_gives_a_clear_error_then_restarts(proc):
-    starts = proc.starts
-    killer = threading.Timer(0.5, os.kill, (proc.pid, signal.SIGKILL))
+    transport = proc.transport
+    starts = transport.starts
+    killer = threading.Timer(0.5, os.kill, (transport.pid, signal.SIGKILL))
     killer.start()
     with pytest.raises(WorkerDiedError, match="killed by signal 9 during a 'generate' request.*fresh worker"):
         proc.generate(_request(num_steps=1000, num_samples=8))
     killer.join()
-    assert proc.pid is None
+    assert transport.pid is None
+    proc.unload("tiny")  # forget the cached shapes: ask the fresh worker
+    assert transport.starts == starts + 1
     assert proc.layer_shapes("tiny")["mid"] == (16, 4, 4)
-    assert proc.starts == starts + 1
 
 
 def test_worker_dying_between_requests_is_logged_and_replaced(proc, caplog):
-    starts, worker = proc.starts, proc._worker
-    os.kill(worker.proc.pid, signal.SIGKILL)
-    worker.proc.wait()
-    assert proc.layer_shapes("tiny")["mid"] == (16, 4, 4)  # this request itself is fine
-    assert proc.starts == starts + 1
+    transport = proc.transport
+    starts = transport.starts
+    os.kill(transport.pid, signal.SIGKILL)
+    while transport.pid is not None:  # until the kill has landed
+        threading.Event().wait(0.01)
+    proc.unload("tiny")  # this request itself is fine (and starts the fresh worker)
+    assert transport.starts == starts + 1
     assert any("killed by signal 9 between requests" in r.getMessage() for r in caplog.records)
 
 
 def test_timeout_stops_the_worker_and_the_next_request_restarts_it(proc):
-    old_pid, proc.timeout = proc.pid, 0.01
+    transport = proc.transport
+    old_pid, transport.timeout = transport.pid, 0.01
     try:
         with pytest.raises(WorkerTimeoutError, match="did not finish its 'generate' request within 0.01 s"):
             proc.generate(_request(num_steps=50))
     finally:
-        proc.timeout = 120.0
-    assert proc.pid is None
+        transport.timeout = 120.0
+    assert transport.pid is None
     assert proc.generate(_request(num_steps=2)).images.shape == (2, 8, 8, 1)
-    assert proc.pid != old_pid
+    assert transport.pid != old_pid
 
 
-def test_installs_as_the_dispatch_backend(proc):
-    assert isinstance(proc, GPUBackend)
-    previous = set_gpu_backend(proc)
-    set_gpu_backend(previous or LocalBackend())
+def test_a_caller_waits_for_a_busy_worker_only_up_to_busy_timeout(proc):
+    transport = proc.transport
+    transport.busy_timeout = 0.05
+    transport._lock.acquire()  # another request holds the worker
+    try:
+        with pytest.raises(WorkerBusyError, match="busy with another request for 0.05 s; the 'generate' request"):
+            proc.generate(_request(num_steps=2))
+    finally:
+        transport._lock.release()
+        transport.busy_timeout = transport.timeout
+    assert proc.generate(_request(num_steps=2)).images.shape == (2, 8, 8, 1)
+
+
+def test_capabilities_are_explicit(proc, local):
+    assert isinstance(proc, RemoteBackend) and isinstance(proc, Backend)
+    assert proc.fits_remotely and proc.runs_models and proc.name == "process"
+    assert not local.fits_remotely and local.runs_models
 
 
 def test_wire_round_trip_and_malformed_messages():
     value = {"a": (1, 2.5, "x", None, True), "b": [np.arange(6, dtype=np.int16).reshape(2, 3)],
-             "c": np.float32(1.5), "d": np.zeros((0, 4), dtype=np.float64)}
+             "c": np.float32(1.5), "d": np.zeros((0, 4), dtype=np.float64), "e": np.arange(12)[::3]}
     back = wire.decode(wire.encode(value))
     assert back["a"] == (1, 2.5, "x", None, True) and back["c"] == 1.5
     np.testing.assert_array_equal(back["b"][0], value["b"][0])
+    np.testing.assert_array_equal(back["e"], [0, 3, 6, 9])
     assert back["b"][0].dtype == np.int16 and back["d"].shape == (0, 4)
     with pytest.raises(wire.WireError, match="dtype object"):
         wire.encode({"x": np.array([object()])})
     with pytest.raises(wire.WireError, match="dict key 3"):
         wire.encode({3: 1})
-    with pytest.raises(wire.WireError, match="expected b'DVW1'"):
+    with pytest.raises(wire.WireError, match="malformed wire message"):
         wire.decode(b"PKL0" + bytes(20))
     data = wire.encode({"x": np.ones(10)})
-    with pytest.raises(wire.WireError, match="header describes"):
+    with pytest.raises(wire.WireError, match="malformed wire message"):
         wire.decode(data[:-8])
+    with pytest.raises(wire.WireError, match="nested deeper than 32"):
+        wire.encode(functools.reduce(lambda inner, _: [inner], range(40), 1))
+
+
+def test_wire_decode_raises_only_wire_error_on_any_damage():
+    """Truncations, flipped bytes, deep nesting, bad references: WireError and nothing else."""
+    good = wire.encode({"op": "generate", "payload": _request()})
+    rng = np.random.default_rng(0)
+    damaged = [good[:n] for n in (0, 3, 8, 9, 40, len(good) // 2, len(good) - 1)]
+    for _ in range(300):
+        b = bytearray(good)
+        for i in rng.integers(0, len(b), rng.integers(1, 4)):
+            b[i] = int(rng.integers(0, 256))
+        damaged.append(bytes(b))
+    body = "[" * 5000 + "]" * 5000
+    for text in (body, '{"__array__": "a9"}', '{"__dataclass__": "Evil"}', '{"__tuple__": 3}',
+                 '{"__dataclass__": "FitResult", "embedding": 1}'):
+        damaged.append(_with_body(text))
+    for data in damaged:
+        try:
+            wire.decode(data)
+        except wire.WireError:
+            pass
+
+
+def _with_body(text: str) -> bytes:
+    from safetensors.numpy import save
+
+    return save({}, metadata={"diffviews": text})
+
+
+def test_wire_fields_at_their_default_are_not_sent_so_an_older_peer_still_decodes(monkeypatch):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Newer:  # a later GenerationRequest with one more field
+        model: str
+        steer: float = 0.0
+
+    Newer.__name__ = "GenerationRequest"
+    with monkeypatch.context() as m:  # the sending side knows the newer class
+        m.setitem(wire._registry, "GenerationRequest", Newer)
+        plain = wire.to_plain(Newer("digits"))
+    assert plain == {"__dataclass__": "GenerationRequest", "model": "digits"}
+    assert wire.from_plain(plain) == GenerationRequest(model="digits")
+    with pytest.raises(wire.WireError, match=r"has no field\(s\) \['steer'\]"):
+        wire.from_plain({"__dataclass__": "GenerationRequest", "model": "digits", "steer": 0.5})
+
+
+def test_serve_request_answers_every_bad_message_with_an_error(local):
+    for payload in (b"", b"garbage", wire.encode([1, 2]), wire.encode({"op": "rm -rf", "payload": None}),
+                    wire.encode({"op": "layer_shapes", "payload": "no-such-model"})):
+        reply = wire.decode(serve_request(local, payload))
+        assert set(reply) == {"error"} and reply["error"]["message"]
 
 
 def test_app_on_the_process_backend_extracts_and_maps_a_new_layer_in_the_worker(tiny_data_dir, tmp_path,
@@ -170,8 +243,8 @@ def test_app_on_the_process_backend_extracts_and_maps_a_new_layer_in_the_worker(
     import shutil
 
     from diffviews.data.layout import model_paths
-    from diffviews.processing.umap import UMAPPipeline, load_embedding
-    from diffviews.visualization import gpu_ops
+    from diffviews.data.maps import load_embedding
+    from diffviews.processing.umap import UMAPPipeline
     from diffviews.visualization.visualizer import GradioVisualizer
 
     shutil.copytree(tiny_data_dir / "digits", tmp_path / "digits")
@@ -181,19 +254,15 @@ def test_app_on_the_process_backend_extracts_and_maps_a_new_layer_in_the_worker(
         raise AssertionError("a map was fitted in the UI process")
 
     monkeypatch.setattr(UMAPPipeline, "fit", no_fit_here)  # the worker is another interpreter: unaffected
-    previous = gpu_ops._backend
-    with ProcessBackend(tmp_path, device="cpu", timeout=300) as backend:
-        try:
-            vis = GradioVisualizer(tmp_path, backend=backend)
-            layer = vis.layer("digits", "dec_4x4")
-            assert layer.embedding.shape == (180, 2) and layer.activations.shape == (180, 512)
-            _, meta = load_embedding(paths, "dec_4x4")
-            assert meta["fitted_on"] == "process" and meta["backend"] == "umap-learn"
-            rec = vis.generate("digits", "dec_4x4", 3, [0, 1, 2], num_steps=4, mask_steps=2, alpha=1.0,
-                               guidance_scale=1.5, noise_max=100.0, noise_min=0.0, noise_mode="stochastic", seed=3,
-                               num_samples=1)
-        finally:
-            gpu_ops._backend = previous
+    with process_backend(tmp_path, device="cpu", timeout=300) as backend:
+        vis = GradioVisualizer(tmp_path, backend=backend)
+        layer = vis.layer("digits", "dec_4x4")
+        assert layer.embedding.shape == (180, 2) and layer.activations.shape == (180, 512)
+        _, meta = load_embedding(paths, "dec_4x4")
+        assert meta["fitted_on"] == "process" and meta["backend"] == "umap-learn"
+        rec = vis.generate("digits", "dec_4x4", 3, [0, 1, 2], num_steps=4, mask_steps=2, alpha=1.0,
+                           guidance_scale=1.5, noise_max=100.0, noise_min=0.0, noise_mode="stochastic", seed=3,
+                           num_samples=1)
     coords = rec.coords["2-D"]
     assert coords.shape == (4, 1, 2) and np.isfinite(coords).all()
     assert layer.pipeline(paths).transform_method_ == "knn"

@@ -9,28 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .hooks import ActivationExtractor, ActivationMasker
 from .sampling import NOISE_MODES, make_noise_sampler, sample
-
-
-@dataclass
-class GenerationResult:
-    images: np.ndarray  # (B, H, W, C) uint8, final samples
-    denoised: np.ndarray  # (S, B, H, W, C) uint8, denoised estimate at each step
-    noised: np.ndarray  # (S, B, H, W, C) uint8, the noised input x at each step
-    trajectory: dict[str, np.ndarray]  # layer -> (S, B, D) float32, conditional half only
-    sigmas: np.ndarray  # (S + 1,) native noise schedule, ending in the clean value
-    noise_levels: np.ndarray  # (S + 1,) the same schedule in universal noise level %
-    params: dict = field(default_factory=dict)
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.sigmas) - 1
+from .spec import GenerationResult
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-NOISE_MODES = ("stochastic", "fixed", "zero")
+from .spec import NOISE_MODES
 
 NoiseSampler = Callable[[int], "torch.Tensor | None"]
 
