@@ -8,6 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffviews.data.layout import model_paths
+from diffviews.data.maps import load_embedding, load_pipeline, save_embedding
+from diffviews.processing import umap_backend
+from diffviews.processing.umap import UMAPPipeline
+
 cuml = pytest.importorskip("cuml")
 cupy = pytest.importorskip("cupy")
 
@@ -16,10 +21,6 @@ try:
 except Exception:  # noqa: BLE001 - no driver / no device
     _GPUS = 0
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_GPUS == 0, reason="no CUDA device visible")]
-
-from diffviews.data.layout import model_paths  # noqa: E402
-from diffviews.processing import umap_backend  # noqa: E402
-from diffviews.processing.umap import UMAPPipeline, load_embedding, load_pipeline, save_embedding  # noqa: E402
 
 
 def make_blobs(n_per_blob: int = 200, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,11 +13,12 @@ import pytest
 from diffviews.cli import COMMANDS, main
 from diffviews.core.extraction import extract_activations
 from diffviews.data.activations import list_layers, load_activations, read_sidecar, save_activations
-from diffviews.data.build import EXTRACT_BATCH, build_model_data, stratified_subset, torch_threads
+from diffviews.data.build import build_model_data, stratified_subset, torch_threads
+from diffviews.data.layers import EXTRACT_BATCH
 from diffviews.data.layout import REQUIRED_CONFIG_KEYS, load_adapter, load_config, model_paths
+from diffviews.data.maps import load_embedding
 from diffviews.data.metadata import COLUMNS, load_metadata, load_sample_images, make_metadata, write_metadata
 from diffviews.demo.datasets import load_dataset
-from diffviews.processing.umap import load_embedding
 
 MODEL = "digits"
 

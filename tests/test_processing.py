@@ -1,4 +1,4 @@
-"""processing/: backend choice, the UMAP pipeline, its artefacts on disk, and the aligned 3-D map.
+"""processing/ and data/maps: backend choice, the UMAP pipeline, its artefacts on disk, the aligned 3-D map.
 
 Every UMAP fit costs seconds here (the first one in a process tens of seconds of numba JIT),
 so the fitted pipelines are module-scoped and the tests share them.
@@ -18,17 +18,19 @@ import numpy as np
 import pytest
 
 from diffviews.data.layout import DataLayoutError, model_paths
-from diffviews.processing import umap_backend
-from diffviews.processing.aligned_umap import ALIGNED_SUFFIX, AlignedNoiseUMAP, fit_aligned_embedding, load_aligned
-from diffviews.processing.umap import (
-    UMAPPipeline,
+from diffviews.data.maps import (
+    ALIGNED_SUFFIX,
     embedding_is_valid,
+    fit_aligned_embedding,
     fit_layer_embedding,
+    load_aligned,
     load_embedding,
     load_pipeline,
     save_embedding,
-    warmup,
 )
+from diffviews.processing import umap_backend
+from diffviews.processing.aligned_umap import AlignedNoiseUMAP
+from diffviews.processing.umap import UMAPPipeline, warmup
 from diffviews.processing.umap_backend import (
     nearest_neighbors,
     select_backend,
@@ -288,7 +290,7 @@ def test_wrong_row_count_says_what_was_expected(saved_copy):
 def test_corrupt_cache_is_refitted_to_the_same_map(saved_copy, pipe, blobs, caplog):
     cache = saved_copy.reducer_cache(LAYER)
     cache.write_bytes(b"\x80\x04 definitely not a pickle")
-    with caplog.at_level(logging.WARNING, logger="diffviews.processing.umap"):
+    with caplog.at_level(logging.WARNING, logger="diffviews.data.maps"):
         refitted = load_pipeline(saved_copy, LAYER, blobs[0])
     warnings_logged = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings_logged) == 1 and str(cache) in warnings_logged[0].getMessage()

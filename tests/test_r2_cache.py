@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from diffviews.data.activations import save_activations
-from diffviews.data.build import layer_meta
+from diffviews.data.layers import layer_source
 from diffviews.data.layout import load_config, model_paths, write_config
+from diffviews.data.maps import save_embedding
 from diffviews.data.metadata import load_metadata, make_metadata, write_metadata
 from diffviews.data.r2_cache import BUDGET_ENV, LayerCache, R2Settings
-from diffviews.processing.umap import UMAPPipeline, save_embedding
+from diffviews.processing.umap import UMAPPipeline
 
 MODEL = "m"
 LAYERS = {"mid": (4, 2, 2), "enc": (2, 4, 4), "dec": (3, 2, 2)}  # mid is the default layer
@@ -76,7 +77,7 @@ def data_dir(tmp_path):
     ids = np.arange(SAMPLES)
     write_metadata(paths, make_metadata(ids, ids % 3, ["a", "b", "c"], LEVELS, [10.0, 1.0],
                                         [f"images/{i:06d}.png" for i in ids]))
-    meta = layer_meta(paths, load_config(paths), load_metadata(paths))
+    meta = layer_source(paths, load_config(paths), load_metadata(paths))
     for k, (layer, shape) in enumerate(LAYERS.items()):
         _write_layer(paths, layer, shape, seed=k, meta=meta)
     return tmp_path
@@ -286,13 +287,13 @@ def test_seed_script_is_idempotent_and_has_a_dry_run(tiny_data_dir, bucket, s3_e
 APP_MODEL, NEW_LAYER = "digits", "dec_4x4"  # a layer the tiny data folder does not have
 
 
-@pytest.fixture
-def restore_backend():
-    from diffviews.visualization import gpu_ops
+@pytest.fixture(scope="module")
+def local_backend(tiny_data_dir):
+    """One backend shared by the visualizers below (each over its own data folder): it loads
+    the digits weights once; which folder a request reads is the visualizer's business."""
+    from diffviews.backends.local import LocalBackend
 
-    previous = gpu_ops._backend
-    yield
-    gpu_ops._backend = previous
+    return LocalBackend(tiny_data_dir, device="cpu")
 
 
 def _app_data(tiny_data_dir, root):
@@ -305,7 +306,7 @@ def _app_data(tiny_data_dir, root):
 
 
 def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracting(
-        tiny_data_dir, bucket, s3_endpoint, tmp_path, caplog, restore_backend):
+        tiny_data_dir, bucket, s3_endpoint, tmp_path, caplog, local_backend):
     from unittest.mock import patch
 
     from diffviews.visualization.visualizer import GradioVisualizer
@@ -313,18 +314,18 @@ def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracti
     client, name = bucket
     here = _app_data(tiny_data_dir, tmp_path / "here")
     cache = LayerCache(here, _settings(s3_endpoint, name))
-    built = GradioVisualizer(here, device="cpu", layer_cache=cache).layer(APP_MODEL, NEW_LAYER)  # extract + fit
+    built = GradioVisualizer(here, local_backend, layer_cache=cache).layer(APP_MODEL, NEW_LAYER)  # extract + fit
     cache.wait()  # the upload runs in the background
     assert _keys(client, name) == [f"digits/activations/{NEW_LAYER}.json", f"digits/activations/{NEW_LAYER}.npy",
                                    f"digits/embeddings/{NEW_LAYER}.csv", f"digits/embeddings/{NEW_LAYER}.json"]
     assert cache.in_bucket(APP_MODEL, NEW_LAYER)
 
     there = _app_data(tiny_data_dir, tmp_path / "there")  # another host: the layer is only in the bucket
-    other = GradioVisualizer(there, device="cpu", layer_cache=LayerCache(there, _settings(s3_endpoint, name)))
+    other = GradioVisualizer(there, local_backend, layer_cache=LayerCache(there, _settings(s3_endpoint, name)))
     steps = []
     with patch("diffviews.visualization.gpu_ops._extract_layer_on_gpu", side_effect=AssertionError("extracted")), \
             patch("diffviews.visualization.gpu_ops.fit_umap", side_effect=AssertionError("fitted remotely")), \
-            patch("diffviews.processing.umap.fit_layer_embedding", side_effect=AssertionError("fitted")):
+            patch("diffviews.data.layers.fit_here", side_effect=AssertionError("fitted")):
         fetched = other.layer(APP_MODEL, NEW_LAYER, progress=lambda frac, desc=None: steps.append(desc))
     np.testing.assert_array_equal(fetched.embedding, built.embedding)
     np.testing.assert_array_equal(np.asarray(fetched.activations), np.asarray(built.activations))
@@ -333,17 +334,17 @@ def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracti
 
 
 def test_app_layer_switch_keeps_the_disk_budget_but_never_evicts_layers_in_memory(tiny_data_dir, tmp_path, caplog,
-                                                                                  restore_backend):
+                                                                                  local_backend):
     from diffviews.visualization.visualizer import GradioVisualizer
 
     root = _app_data(tiny_data_dir, tmp_path)
     paths = model_paths(root, APP_MODEL)
     cache = LayerCache(root, settings=None, max_local_mb=0.001)  # no bucket; every layer is over budget
-    vis = GradioVisualizer(root, device="cpu", layer_cache=cache)
+    vis = GradioVisualizer(root, local_backend, layer_cache=cache)
     vis.layer(APP_MODEL, NEW_LAYER)
     vis.layer(APP_MODEL, "enc_4x4")
     assert paths.activations(NEW_LAYER).is_file()  # over budget, but held in memory: kept
-    fresh = GradioVisualizer(root, device="cpu", layer_cache=cache)  # nothing in memory yet
+    fresh = GradioVisualizer(root, local_backend, layer_cache=cache)  # nothing in memory yet
     fresh.layer(APP_MODEL, "dec_8x8")
     assert not paths.activations(NEW_LAYER).exists() and not paths.embedding("enc_4x4").exists()  # evicted
     assert paths.activations("dec_8x8").is_file() and paths.activations("mid").is_file()  # new and default
@@ -351,23 +352,26 @@ def test_app_layer_switch_keeps_the_disk_budget_but_never_evicts_layers_in_memor
 
 
 def test_app_entry_points_create_the_layer_cache_from_the_environment(tiny_data_dir, bucket, s3_endpoint,
-                                                                      monkeypatch, caplog, restore_backend):
+                                                                      monkeypatch, caplog, local_backend):
     from unittest.mock import patch
 
-    from diffviews.hosting import build_ui
-    from diffviews.visualization import gpu_ops
+    from diffviews.hosting import make_visualizer
     from diffviews.visualization.app import main
-    from diffviews.visualization.visualizer import get_app_visualizer
+    from diffviews.visualization.visualizer import GradioVisualizer
+
+    made = []
+
+    def capture(*args, **kwargs):  # the visualizer main() makes
+        made.append(GradioVisualizer(*args, **kwargs))
+        return made[-1]
 
     _, name = bucket
     for var in ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET_NAME", "R2_ENDPOINT_URL",
                 BUDGET_ENV):
         monkeypatch.delenv(var, raising=False)
-    gpu_ops.set_gpu_backend(gpu_ops.LocalBackend(tiny_data_dir, device="cpu"))
-    with patch("diffviews.processing.umap.warmup"):  # no JIT warm-up thread in the test process
+    with patch("diffviews.visualization.app.umap_warmup"):  # no JIT warm-up thread in the test process
         assert LayerCache.from_env(tiny_data_dir) is None
-        build_ui(tiny_data_dir)
-        assert get_app_visualizer().layer_cache is None
+        assert make_visualizer(tiny_data_dir, local_backend).layer_cache is None
 
         monkeypatch.setenv(BUDGET_ENV, "50")
         budget_only = LayerCache.from_env(tiny_data_dir)
@@ -376,11 +380,11 @@ def test_app_entry_points_create_the_layer_cache_from_the_environment(tiny_data_
         for var, value in {"R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
                            "R2_SECRET_ACCESS_KEY": "test", "R2_BUCKET_NAME": name}.items():
             monkeypatch.setenv(var, value)
-        build_ui(tiny_data_dir)
-        assert get_app_visualizer().layer_cache.settings.bucket == name
-        with patch("diffviews.visualization.app.launch_app") as launch:
+        assert make_visualizer(tiny_data_dir, local_backend).layer_cache.settings.bucket == name
+        with patch("diffviews.visualization.app.launch_app") as launch, \
+                patch("diffviews.visualization.app.GradioVisualizer", side_effect=capture):
             assert main(["--data-dir", str(tiny_data_dir), "--device", "cpu"]) == 0
         launch.assert_called_once()
-        cache = get_app_visualizer().layer_cache
+        cache = made[-1].layer_cache
         assert cache.settings.endpoint_url == s3_endpoint and cache.max_local_bytes == 50 * 2**20
     assert _warnings(caplog) == []

@@ -54,14 +54,14 @@ def _timed_extraction(vis) -> list[float]:
 
 def _forget_layer(paths, layer: str) -> None:
     from ..data.activations import delete_activations
+    from ..data.layers import delete_maps
 
     delete_activations(paths, layer)
-    for path in (paths.embedding(layer), paths.embedding_meta(layer), paths.reducer_cache(layer)):
-        path.unlink(missing_ok=True)
+    delete_maps(paths, layer)
 
 
 def _miss(data_dir: Path, model: str) -> tuple[dict, str]:
-    from ..processing.umap import load_embedding
+    from ..data.maps import load_embedding
 
     vis, state = _fresh(data_dir, model)
     target = next((name for name in vis.layers(model) if not vis.layer_is_built(model, name)), None)

@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..data.layout import DataLayoutError, discover_models, load_config, model_paths
-from ..visualization import gpu_ops
 from .environment import describe, load_average
 
 log = logging.getLogger(__name__)
@@ -134,12 +133,10 @@ def run(options: BenchOptions) -> dict:
     options.data_dir = Path(options.data_dir)
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="diffviews-bench-"))
-    # the sections build visualizers, and each installs its own backend: put the caller's back
-    with gpu_ops.preserved_backend():
-        try:
-            return _run_sections(options, root, started)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    try:
+        return _run_sections(options, root, started)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_sections(options: BenchOptions, root: Path, started: float) -> dict:

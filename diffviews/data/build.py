@@ -8,13 +8,13 @@ Every part is checked before it is built and skipped when it is present and vali
 re-run is fast; a part that is missing, corrupt or out of date is rebuilt on its own. A
 part that depends on a rebuilt one (activations on the metadata, a map on its
 activations) is removed first, so an interrupted build never leaves a stale part that
-looks valid. What is built or skipped is logged to the ``diffviews.data.build`` logger.
+looks valid. Whether a layer is valid, and building the missing parts of one, is
+``data.layers``' (shared with the app and the bucket cache). What is built or skipped is
+logged to the ``diffviews.data.build`` logger.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -26,14 +26,8 @@ from tqdm.auto import tqdm
 
 from ..core.extraction import extract_activations
 from ..demo import DEMO_MODELS, weights_path
-from .activations import (
-    activations_valid,
-    delete_activations,
-    list_layers,
-    load_activations,
-    read_sidecar,
-    save_activations,
-)
+from .activations import delete_activations, list_layers
+from .layers import delete_maps, ensure_layer, expected_rows, layer_source
 from .layout import (
     PACKAGE_PREFIX,
     DataLayoutError,
@@ -42,7 +36,6 @@ from .layout import (
     load_adapter,
     load_config,
     model_paths,
-    resolve_checkpoint,
     write_config,
 )
 from .metadata import (
@@ -59,9 +52,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NUM_SAMPLES = 1000
 DEMO_ADAPTER = "edm-demo"
-#: extraction batch size; part of a layer's recorded build parameters because the noise
-#: drawn per batch depends on it (same batch size → same noise for every layer)
-EXTRACT_BATCH = 256
 #: config.json keys that decide what the data holds; a config that differs in any of them is rewritten
 BUILD_KEYS = ("adapter", "checkpoint", "noise_levels", "num_samples", "seed", "resolution", "channels",
               "class_names")
@@ -131,101 +121,19 @@ def _check_threads(threads: int | None) -> int | None:
     return threads
 
 
-# ---- per-layer parameters ------------------------------------------------------------------
-
-def layer_meta(paths: ModelPaths, config: dict, metadata: Metadata) -> dict:
-    """What a layer's activations were built from; stored in the sidecar and compared on
-    re-runs. Anyone writing activations for this model folder should store these too."""
-    checkpoint = resolve_checkpoint(paths, config)
-    return {
-        "noise_levels": [float(v) for v in config["noise_levels"]],
-        "seed": int(config.get("seed", 0)),
-        "num_samples": metadata.num_samples,
-        "batch_size": EXTRACT_BATCH,
-        "checkpoint": config["checkpoint"],
-        "checkpoint_sha256": _sha256(checkpoint),
-    }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _layer_up_to_date(paths: ModelPaths, layer: str, n_points: int, meta: dict) -> bool:
-    if not activations_valid(paths, layer, expected_rows=n_points):
-        return False
-    sidecar = read_sidecar(paths, layer)
-    return all(sidecar.get(k) == v for k, v in meta.items())
-
-
-def _embedding_up_to_date(paths: ModelPaths, layer: str, n_points: int, meta: dict, umap_params: dict) -> bool:
-    """The 2-D map loads, has ``n_points`` rows, was fitted on activations built from ``meta``
-    (when it records that) and with ``umap_params`` (those given)."""
-    from ..processing.umap import load_embedding
-
-    try:
-        embedding, emb_meta = load_embedding(paths, layer)
-    except DataLayoutError:
-        return False
-    params = emb_meta.get("params", {})
-    return (embedding.shape == (n_points, 2) and emb_meta.get("source", meta) == meta
-            and all(params.get(k) == v for k, v in umap_params.items()))
-
-
-def _delete_embedding(paths: ModelPaths, layer: str) -> None:
-    """Remove every map of ``layer``: the 2-D one and any variant (e.g. the aligned 3-D map)
-    whose JSON names this layer."""
-    suffixes = {""}
-    for meta_path in paths.embeddings_dir.glob("*.json") if paths.embeddings_dir.is_dir() else ():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(meta, dict) and meta.get("layer") == layer and isinstance(meta.get("suffix", ""), str):
-            suffixes.add(meta.get("suffix", ""))
-    for suffix in suffixes:
-        try:
-            targets = (paths.embedding(layer, suffix), paths.embedding_meta(layer, suffix),
-                       paths.reducer_cache(layer, suffix))
-        except DataLayoutError:  # a suffix that does not make a plain file name
-            continue
-        for p in targets:
-            p.unlink(missing_ok=True)
-
-
-def _ensure_layer(paths: ModelPaths, adapter, layer: str, images: np.ndarray, labels: np.ndarray,
-                  metadata: Metadata, meta: dict, force: bool, progress: bool, umap_params: dict | None,
-                  threads: int | None) -> None:
-    """Activations of ``layer`` and their 2-D map, each built only when missing or invalid."""
-    n_points = len(metadata)
-    name = paths.name
-    if not force and _layer_up_to_date(paths, layer, n_points, meta):
-        log.info("[%s] activations/%s.npy: up to date (%d points), skipped", name, layer, n_points)
-    else:
-        _delete_embedding(paths, layer)  # its map is stale from here on
-        t0 = time.perf_counter()
-        with torch_threads(threads), tqdm(total=n_points, desc=f"{name}: extract {layer}", unit="pt",
+def _ensure_layer(paths: ModelPaths, adapter, layer: str, images: np.ndarray, labels: np.ndarray, source: dict,
+                  force: bool, progress: bool, umap_params: dict | None, threads: int | None) -> None:
+    """``layers.ensure_layer`` with activations extracted by ``adapter`` in this process."""
+    def extract(name: str) -> np.ndarray:
+        n_points = expected_rows(source)
+        with torch_threads(threads), tqdm(total=n_points, desc=f"{paths.name}: extract {name}", unit="pt",
                                           disable=not progress, leave=False) as bar:
-            acts = extract_activations(adapter, images, labels, meta["noise_levels"], [layer], seed=meta["seed"],
-                                       batch_size=meta["batch_size"],
-                                       progress=lambda done, total: bar.update(done - bar.n))[layer]
-        save_activations(paths, layer, acts, meta, shape=adapter.get_layer_shapes()[layer])
-        log.info("[%s] activations/%s.npy: extracted %s in %.1fs", name, layer, acts.shape, time.perf_counter() - t0)
+            return extract_activations(adapter, images, labels, source["noise_levels"], [name], seed=source["seed"],
+                                       batch_size=source["batch_size"],
+                                       progress=lambda done, total: bar.update(done - bar.n))[name]
 
-    from ..processing.umap import fit_layer_embedding
-
-    if not force and _embedding_up_to_date(paths, layer, n_points, meta, umap_params or {}):
-        log.info("[%s] embeddings/%s.csv: up to date, skipped", name, layer)
-        return
-    t0 = time.perf_counter()
-    acts = np.asarray(load_activations(paths, layer, expected_rows=n_points, mmap=False))
-    fit_layer_embedding(paths, layer, acts, n_components=2, extra_meta={"source": meta}, **(umap_params or {}))
-    log.info("[%s] embeddings/%s.csv: fitted 2-D map of %d points in %.1fs", name, layer, n_points,
-             time.perf_counter() - t0)
+    ensure_layer(paths, layer, source, extract, adapter.get_layer_shapes()[layer], force=force,
+                 umap_params=umap_params)
 
 
 # ---- the bundled demo models -----------------------------------------------------------
@@ -284,10 +192,10 @@ def build_model_data(data_dir: str | Path, model: str, layers: Sequence[str] | N
                              [paths.image(i).relative_to(paths.root).as_posix() for i in idx])
     _ensure_metadata(paths, metadata, force)
 
-    meta = layer_meta(paths, config, metadata)
+    source = layer_source(paths, config, metadata)
     x = images_u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
     for layer in layers:
-        _ensure_layer(paths, adapter, layer, x, labels, metadata, meta, force, progress, umap_params, threads)
+        _ensure_layer(paths, adapter, layer, x, labels, source, force, progress, umap_params, threads)
     log.info("[%s] done in %.1fs: %s", model, time.perf_counter() - t_start, paths.root)
     return paths
 
@@ -353,7 +261,7 @@ def _ensure_metadata(paths: ModelPaths, metadata: Metadata, force: bool) -> None
         # every layer's activations (and maps) follow the metadata's row order: drop them
         for layer in list_layers(paths):
             delete_activations(paths, layer)
-            _delete_embedding(paths, layer)
+            delete_maps(paths, layer)
         if paths.metadata.exists():
             log.info("[%s] metadata.csv: rebuilding (%s)", paths.name, reason)
     write_metadata(paths, metadata)
@@ -393,8 +301,7 @@ def build_layers(data_dir: str | Path, model: str, layers: Sequence[str], device
     if not layers:
         raise ValueError("layers must name at least one layer")
     images, labels = load_sample_images(paths, metadata)
-    meta = layer_meta(paths, config, metadata)
+    source = layer_source(paths, config, metadata)
     for layer in layers:
-        _ensure_layer(paths, adapter, layer, images, labels, metadata, meta, force, progress, umap_params,
-                      threads)
+        _ensure_layer(paths, adapter, layer, images, labels, source, force, progress, umap_params, threads)
     return paths

@@ -43,8 +43,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .activations import list_layers, load_activations, read_sidecar
+from .activations import list_layers, read_sidecar
+from .layers import check_layer_files, layer_source, layer_state, source_mismatch
 from .layout import DataLayoutError, ModelPaths, discover_models, load_config, model_paths
+from .maps import ALIGNED_SUFFIX, load_embedding
+from .metadata import load_metadata
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +149,6 @@ class LayerCache:
 
     def artefacts(self, model: str, layer: str) -> list[_Artefact]:
         """The files of one layer, in the order they are installed (data before descriptions)."""
-        from ..processing.aligned_umap import ALIGNED_SUFFIX
-
         paths = model_paths(self.data_dir, model)
         files = [(paths.activations(layer), True, "activations"),
                  (paths.activations_sidecar(layer), True, "activations"),
@@ -162,13 +163,12 @@ class LayerCache:
         return Path(path).relative_to(self.data_dir).as_posix()
 
     def is_local(self, model: str, layer: str) -> bool:
-        """The layer's activations and 2-D map are on disk and valid."""
+        """The layer's activations and 2-D map are on disk and valid for this data folder."""
         paths = model_paths(self.data_dir, model)
         try:
-            _validate_layer(paths, layer, paths, require_map=True)
-        except (DataLayoutError, ValueError, OSError):
+            return layer_state(paths, layer, _local_source(paths)).built
+        except (ValueError, OSError):
             return False
-        return True
 
     # ---- read-through ----------------------------------------------------------------------
     def fetch_layer(self, model: str, layer: str, protect: Iterable[tuple[str, str]] = ()) -> bool:
@@ -294,8 +294,6 @@ class LayerCache:
             npy, *small = [a for a in self.artefacts(model, layer) if a.group in ("activations", "map")]
             for a in small:
                 self._download(a, staging / a.path.relative_to(paths.root))
-            from ..processing.umap import load_embedding
-
             sidecar = read_sidecar(staged, layer)
             _check_source(sidecar, paths, layer)
             embedding, _ = load_embedding(staged, layer)
@@ -355,8 +353,6 @@ class LayerCache:
         return out
 
     def _layer_files(self, paths: ModelPaths, model: str, layer: str) -> list[Path]:
-        from ..processing.aligned_umap import ALIGNED_SUFFIX
-
         extra = [paths.reducer_cache(layer), paths.reducer_cache(layer, ALIGNED_SUFFIX)]
         return [p for p in [*(a.path for a in self.artefacts(model, layer)), *extra] if p.is_file()]
 
@@ -438,41 +434,23 @@ class LayerCache:
 
 def _validate_layer(staged: ModelPaths, layer: str, local: ModelPaths, require_map: bool) -> None:
     """Check a layer's files under ``staged`` against each other and against the local data
-    folder ``local`` (its metadata rows and build parameters, when it has them)."""
-    from ..processing.aligned_umap import ALIGNED_SUFFIX
-    from ..processing.umap import load_embedding
-
-    expected_rows = _metadata_rows(local)
-    acts = load_activations(staged, layer, expected_rows=expected_rows, mmap=True)
-    _check_source(read_sidecar(staged, layer), local, layer)
-    for suffix, required in (("", require_map), (ALIGNED_SUFFIX, False)):
-        if not required and not staged.embedding(layer, suffix).is_file():
-            continue
-        embedding, _ = load_embedding(staged, layer, suffix)
-        if embedding.shape[0] != acts.shape[0]:
-            raise DataLayoutError(f"{staged.embedding(layer, suffix).name} has {embedding.shape[0]} rows; the "
-                                  f"activations have {acts.shape[0]}")
+    folder ``local`` (its samples and build parameters, when it has them)."""
+    check_layer_files(staged, layer, _local_source(local), require_map=require_map)
 
 
-def _metadata_rows(paths: ModelPaths) -> int | None:
-    if not paths.metadata.is_file():
+def _local_source(local: ModelPaths) -> dict | None:
+    """``layers.layer_source`` of a data folder; None when it has no config, metadata or checkpoint."""
+    try:
+        return layer_source(local, load_config(local), load_metadata(local))
+    except DataLayoutError:
         return None
-    from .metadata import load_metadata
-
-    return len(load_metadata(paths))
 
 
 def _check_source(sidecar: dict, local: ModelPaths, layer: str) -> None:
     """The activations were built from the same samples, noise levels, seed and checkpoint
     as this data folder (skipped when the folder has no config, metadata or checkpoint)."""
-    from .build import layer_meta
-    from .metadata import load_metadata
-
-    try:
-        expected = layer_meta(local, load_config(local), load_metadata(local))
-    except DataLayoutError:
-        return
-    differ = [k for k, v in expected.items() if sidecar.get(k) != v]
+    expected = _local_source(local)
+    differ = [] if expected is None else source_mismatch(sidecar, expected)
     if differ:
         raise DataLayoutError(f"activations of {layer!r} were built with different {', '.join(differ)} than "
                               f"{local.root} (e.g. {differ[0]}={sidecar.get(differ[0])!r}, expected "

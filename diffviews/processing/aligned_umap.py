@@ -10,8 +10,8 @@ levels. ``embedding_`` is (N, 3): x, y from the row's level map, z = the row's n
     aligned.transform(trajectory_step, level=40.0)
 
 New points are projected into the map of the nearest level by k-NN interpolation of that
-map in the shared PCA space (AlignedUMAP has no transform of its own). Saved and loaded with
-the same CSV/JSON/cache helpers as the 2-D maps, under the suffix ``"_aligned"``.
+map in the shared PCA space (AlignedUMAP has no transform of its own). Saved and loaded by
+``data.maps`` like the 2-D maps, under the suffix ``"_aligned"``.
 """
 
 from __future__ import annotations
@@ -21,21 +21,10 @@ import warnings
 
 import numpy as np
 
-from ..data.layout import ModelPaths
-from .umap import (
-    EstimatorParams,
-    KNNProjector,
-    as_matrix,
-    fit_scaled_pca,
-    load_cached_or_rebuild,
-    reduce_features,
-    save_embedding,
-)
+from .umap import EstimatorParams, KNNProjector, as_matrix, fit_scaled_pca, reduce_features
 from .umap_backend import UMAP_LEARN
 
-__all__ = ["AlignedNoiseUMAP", "ALIGNED_SUFFIX", "fit_aligned_embedding", "load_aligned"]
-
-ALIGNED_SUFFIX = "_aligned"
+__all__ = ["AlignedNoiseUMAP"]
 
 
 class AlignedNoiseUMAP(EstimatorParams):
@@ -186,23 +175,3 @@ class _single_numba_thread:
 
             numba.set_num_threads(self.previous)
         return False
-
-
-def fit_aligned_embedding(paths: ModelPaths, layer: str, activations, level_of_row, sample_of_row,
-                          extra_meta: dict | None = None, **params) -> AlignedNoiseUMAP:
-    """Fit the aligned 3-D map of a layer and save it (``<layer>_aligned.csv/.json/.pkl``)."""
-    model = AlignedNoiseUMAP(**params).fit(activations, level_of_row, sample_of_row)
-    save_embedding(paths, layer, model, suffix=ALIGNED_SUFFIX, extra_meta=extra_meta)
-    return model
-
-
-def load_aligned(paths: ModelPaths, layer: str, activations) -> AlignedNoiseUMAP:
-    """The fitted aligned map of a layer: from the local cache when it is valid, otherwise
-    rebuilt from the saved CSV and the activations (no UMAP fit needed: the saved map is
-    the state that matters, and projection is k-NN)."""
-    def rebuild(X, embedding, meta):
-        names = AlignedNoiseUMAP._param_names()
-        params = {k: v for k, v in meta.get("params", {}).items() if k in names}
-        return AlignedNoiseUMAP.from_embedding(X, embedding, fit_seconds=meta.get("fit_seconds", 0.0), **params)
-
-    return load_cached_or_rebuild(paths, layer, ALIGNED_SUFFIX, AlignedNoiseUMAP, activations, rebuild)
