@@ -56,14 +56,14 @@ def running_app(app_data_dir):
     import socket
     from types import SimpleNamespace
 
-    from diffviews.visualization import gpu_ops
+    from diffviews.backends.local import LocalBackend
     from diffviews.visualization.app import GradioVisualizer, create_gradio_app, launch_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    previous = gpu_ops.get_gpu_backend()
-    visualizer = GradioVisualizer(app_data_dir, device="cpu", max_resident_models=1, default_model=TINY_MODEL)
+    visualizer = GradioVisualizer(app_data_dir, backend=LocalBackend(app_data_dir, device="cpu"), max_resident_models=1,
+                                  default_model=TINY_MODEL)
     demo = create_gradio_app(visualizer, warmup=False)  # the build above already compiled umap's JIT
     launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -71,7 +71,6 @@ def running_app(app_data_dir):
                               demo=demo)
     finally:
         demo.close()
-        gpu_ops.set_gpu_backend(previous)
 
 
 # ---- a headless browser, one per session (tests/test_browser.py) ------------------------------

@@ -101,9 +101,10 @@ def test_layer_switch_extracts_once_then_loads_from_cache(running_app):
     real = gpu_ops._extract_layer_on_gpu
     calls = []
 
-    def spy(request):
+    def spy(backend, request):
+        assert backend is running_app.visualizer.backend
         calls.append(request.layers)
-        return real(request)
+        return real(backend, request)
 
     with patch("diffviews.visualization.gpu_ops._extract_layer_on_gpu", side_effect=spy):
         out_a = call(a, "switch_layer", "dec_8x8")

@@ -293,11 +293,11 @@ def test_switching_to_a_new_layer_shows_progress_then_its_map(browser, running_a
     release, calls = threading.Event(), []
     real = gpu_ops._extract_layer_on_gpu
 
-    def held(request):
+    def held(backend, request):
         calls.append(list(request.layers))
         if not release.wait(HEAVY_WAIT_MS / 1000):
             raise RuntimeError("the browser test never released the extraction")
-        return real(request)
+        return real(backend, request)
 
     page = open_app(browser, running_app.url)
     try:

@@ -17,6 +17,7 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
+from diffviews.backends.local import LocalBackend
 from diffviews.data.activations import activations_valid, load_activations
 from diffviews.data.layout import model_paths
 from diffviews.visualization import callbacks as cb
@@ -37,9 +38,8 @@ def data_dir(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vis(data_dir):
-    previous = gpu_ops.get_gpu_backend()  # a visualizer installs its own backend; give it back afterwards
-    yield GradioVisualizer(data_dir, device="cpu", max_resident_models=1, default_model="digits")
-    gpu_ops.set_gpu_backend(previous)
+    return GradioVisualizer(data_dir, backend=LocalBackend(data_dir, device="cpu"), max_resident_models=1,
+                            default_model="digits")
 
 
 @pytest.fixture
@@ -366,9 +366,10 @@ def test_switch_layer_extracts_through_gpu_ops_then_loads_from_cache(vis, data_d
     real = gpu_ops._extract_layer_on_gpu
     calls, progress = [], []
 
-    def spy(request):
+    def spy(backend, request):
+        assert backend is vis.backend
         calls.append(request)
-        return real(request)
+        return real(backend, request)
 
     def record(frac, desc=None):
         progress.append(desc)
@@ -384,9 +385,9 @@ def test_switch_layer_extracts_through_gpu_ops_then_loads_from_cache(vis, data_d
     assert paths.embedding(layer).is_file()
     assert ring(fig_of(out), "selected") == [4]
 
-    fresh = GradioVisualizer(data_dir, device="cpu")  # a new process would load it from disk, no refit
+    fresh = GradioVisualizer(data_dir, backend=LocalBackend(data_dir, device="cpu"))  # as a new process: from disk
     with patch("diffviews.visualization.gpu_ops._extract_layer_on_gpu", side_effect=AssertionError("extracted")), \
-            patch("diffviews.processing.umap.fit_layer_embedding", side_effect=AssertionError("refitted")):
+            patch("diffviews.data.layers.fit_here", side_effect=AssertionError("refitted")):
         s2, out2 = cb.switch_layer(fresh, cb.initial_session(fresh), layer)
     assert s2.layer == layer and "loaded from cache" in out2["status"]
     np.testing.assert_array_equal(fresh.layer("digits", layer).embedding, vis.layer("digits", layer).embedding)

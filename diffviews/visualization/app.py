@@ -18,17 +18,16 @@ import sys
 
 import gradio as gr
 
+from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
 from .layout import CUSTOM_CSS, PLOTLY_HANDLER_JS, build_layout
 from .models import ModelData
-from .visualizer import GradioVisualizer, set_app_visualizer
+from .visualizer import GradioVisualizer
 
-__all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "main", "ModelData", "CUSTOM_CSS",
-           "PLOTLY_HANDLER_JS", "_app_visualizer", "ENDPOINT_OUTPUTS"]
+__all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "add_notice", "main", "ModelData", "CUSTOM_CSS",
+           "PLOTLY_HANDLER_JS", "ENDPOINT_OUTPUTS"]
 
 log = logging.getLogger(__name__)
-
-_app_visualizer: GradioVisualizer | None = None
 
 VIEW = ["plot", "status", "session_info"]
 SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
@@ -85,16 +84,13 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str]):
     return run
 
 
-def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True) -> gr.Blocks:
+def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice: str | None = None) -> gr.Blocks:
     """The app for ``visualizer``: layout, per-session state and every event, queued with
     a concurrency limit per kind of work. Launch it with ``launch_app`` (adds the CSS).
-    ``warmup`` starts umap-learn's JIT compilation in a background thread (once per process)."""
-    global _app_visualizer
+    ``warmup`` starts umap-learn's JIT compilation in a background thread (once per process).
+    ``notice`` (default: the visualizer's own, e.g. "browse only") is shown on every page load."""
     if warmup:
-        from ..processing.umap import warmup as umap_warmup
-
         umap_warmup(background=True)
-    _app_visualizer = set_app_visualizer(visualizer)
     vis = visualizer
     session = cb.initial_session(vis)
     with gr.Blocks(title="DiffViews") as demo:
@@ -135,6 +131,21 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True) -> gr.B
                                    api_visibility="private", concurrency_id="light",
                                    concurrency_limit=CONCURRENCY["light"], show_progress="minimal")
     demo.queue(default_concurrency_limit=4)
+    notice = notice or visualizer.notice
+    if notice:
+        add_notice(demo, notice)
+    return demo
+
+
+def add_notice(demo: gr.Blocks, text: str) -> gr.Blocks:
+    """Show ``text`` on every page load of ``demo``: a warning toast and a line on the page."""
+
+    def warn():
+        gr.Warning(text)
+
+    with demo:
+        gr.Markdown(f"**Note:** {text}", elem_id="backend-notice")
+        demo.load(warn, inputs=None, outputs=None)
     return demo
 
 

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, replace
 import gradio as gr
 import numpy as np
 
-from ..core.sampling import NOISE_MODES
+from ..backends.protocol import NOISE_MODES, BackendUnavailable
 from ..data.layout import DataLayoutError
+from .figures import Overlays
 from .models import VIEWS
-from .visualizer import GradioVisualizer, Overlays
+from .visualizer import GradioVisualizer
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def guarded(fn):
             result = fn(vis, state, *args, **kwargs)
             log.debug("%s: %.1f ms", fn.__name__, 1000 * (time.perf_counter() - t0))
             return result
-        except (UserError, DataLayoutError, FileNotFoundError) as exc:
+        except (UserError, DataLayoutError, FileNotFoundError, BackendUnavailable) as exc:
             message = str(exc)
         except (ValueError, KeyError, IndexError) as exc:
             message = str(exc.args[0]) if exc.args else type(exc).__name__

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..core.sampling import NOISE_MODES
+from ..backends.protocol import NOISE_MODES
 from .callbacks import (
     ALL_CLASSES,
     ALPHA_RANGE,

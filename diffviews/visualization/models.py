@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.activations import load_activations, read_sidecar
+from ..data.activations import list_layers, load_activations, read_sidecar
 from ..data.layout import DataLayoutError, ModelPaths, discover_models, load_config, model_paths
+from ..data.maps import load_embedding, load_pipeline
 from ..data.metadata import Metadata, load_metadata, read_image
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ class LayerData:
         """The 2-D projection pipeline (pickle cache, or refitted deterministically), loaded once."""
         with self.lock:
             if self._pipeline is None:
-                from ..processing.umap import load_pipeline
-
                 self._pipeline = load_pipeline(paths, self.layer, self.dense_activations()[0])
             return self._pipeline
 
@@ -132,7 +131,7 @@ class ModelData:
         """Read ``data_dir/name``: config.json, metadata.csv and the sample images.
 
         ``layer_shapes(name)`` gives the adapter's hookable layers with their shapes (the
-        app passes ``gpu_ops.layer_shapes``); without it, or when it fails, the layers are
+        app passes its backend's, through ``gpu_ops.layer_shapes``); without it, or when it fails, the layers are
         the ones with activations on disk."""
         paths = model_paths(data_dir, name)
         config = load_config(paths)
@@ -154,8 +153,6 @@ class ModelData:
         return data
 
     def _find_layers(self, layer_shapes: Callable[[str], dict] | None) -> None:
-        from ..data.activations import list_layers
-
         on_disk = list_layers(self.paths)
         shapes: dict[str, tuple[int, ...]] = {}
         if layer_shapes is not None:
@@ -189,8 +186,6 @@ class ModelData:
 
     def load_layer(self, layer: str) -> LayerData:
         """Read a layer whose activations and 2-D map are on disk (no fitting)."""
-        from ..processing.umap import load_embedding
-
         acts = load_activations(self.paths, layer, expected_rows=self.n_points, mmap=True)
         embedding, meta = load_embedding(self.paths, layer)
         if embedding.shape != (self.n_points, 2):
