@@ -1,6 +1,7 @@
 # The two set-up commands (see README.md):
 #   make run    venv + install + build the bundled demo data if missing + serve the app
 #   make test   venv + install (with test tools and Debian chromium) + the whole test suite
+#   make test-fast   the edit-test loop: everything but the slow and browser tests
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ DATA   ?= data
 PORT   ?= 7860
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test venv install install-dev browser data lint clean
+.PHONY: run test test-fast venv install install-dev browser data lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ lint: install-dev
 
 test: install-dev browser lint
 	$(PY) -m pytest -q
+
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 clean:
 	rm -rf $(VENV) $(DATA) artifacts .pytest_cache

@@ -12,6 +12,8 @@ import pytest
 from diffviews.bench.report import REQUIRED_KEYS, lookup, markdown
 from diffviews.cli import main
 
+pytestmark = pytest.mark.slow  # a whole (quick) bench run
+
 
 @pytest.fixture(scope="module")
 def quick_run(tiny_data_dir, tmp_path_factory):

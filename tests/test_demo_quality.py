@@ -28,6 +28,9 @@ def features(images: np.ndarray) -> np.ndarray:
     return np.stack(out).reshape(len(f), -1)
 
 
+pytestmark = pytest.mark.slow  # hundreds of samples from the real demo models
+
+
 @pytest.fixture(scope="module", params=DEMO_MODELS)
 def model(request):
     name = request.param

@@ -71,6 +71,7 @@ def test_spaces_entry_imports_without_launching_and_sizes_gpu_time():
     assert seconds("layer_shapes", "m") == 10
 
 
+@pytest.mark.slow
 def test_spaces_backend_gives_the_local_result(tiny_dir, local):
     """Local, process-backend and Spaces-entry runs give the same image for the same request and seed."""
     import app
@@ -89,6 +90,7 @@ def test_spaces_backend_gives_the_local_result(tiny_dir, local):
     assert gpu_ops.layer_shapes(backend, "tiny") == local.layer_shapes("tiny")
 
 
+@pytest.mark.slow
 def test_spaces_app_launches_and_generates_once(tiny_data_dir):
     pytest.importorskip("diffviews.visualization.app")
     import app
@@ -190,6 +192,7 @@ def test_gpu_worker_methods_run_locally(modal_files, tiny_dir, local):
         backend.generate(GenerationRequest(model="tiny", class_label=9))
 
 
+@pytest.mark.slow
 def test_web_uses_the_worker_or_falls_back_with_a_visible_notice(modal_files, tiny_dir, tiny_data_dir, monkeypatch,
                                                                  tmp_path):
     from diffviews.hosting import connect_gpu_worker

@@ -305,6 +305,7 @@ def _app_data(tiny_data_dir, root):
     return root
 
 
+@pytest.mark.slow
 def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracting(
         tiny_data_dir, bucket, s3_endpoint, tmp_path, caplog, local_backend):
     from unittest.mock import patch
@@ -333,6 +334,7 @@ def test_app_uploads_a_new_layer_and_another_host_fetches_it_instead_of_extracti
     assert _warnings(caplog) == []
 
 
+@pytest.mark.slow
 def test_app_layer_switch_keeps_the_disk_budget_but_never_evicts_layers_in_memory(tiny_data_dir, tmp_path, caplog,
                                                                                   local_backend):
     from diffviews.visualization.visualizer import GradioVisualizer

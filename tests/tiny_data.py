@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from diffviews.backends.protocol import GenerationRequest
 from diffviews.data.layout import model_paths, write_config
 from diffviews.demo.train import save_weights
 from diffviews.demo.unet import DemoUNet, EDMDenoiser, UNetConfig
@@ -29,3 +31,12 @@ def make_tiny_data_dir(root: Path, model: str = "tiny", seed: int = 0) -> Path:
         "noise_levels": [80.0, 40.0], "default_layer": "mid",
     })
     return root
+
+
+def tiny_request(**overrides) -> GenerationRequest:
+    """A masked generation request for the tiny model (two samples, two extracted layers)."""
+    rng = np.random.default_rng(3)
+    base = dict(model="tiny", class_label=1, num_steps=4, mask_steps=2, guidance_scale=1.5, seed=11,
+                noise_mode="stochastic", masks={"mid": rng.standard_normal((1, 16, 4, 4)).astype(np.float32)},
+                extract_layers=["mid", "dec_8x8"], num_samples=2)
+    return GenerationRequest(**{**base, **overrides})
