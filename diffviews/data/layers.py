@@ -196,7 +196,7 @@ def ensure_layer(paths: ModelPaths, layer: str, source: dict, extract: Extract, 
     ``source`` and ``shape`` (their maps are deleted first: they are stale from then on);
     a missing or stale map is fitted with ``fit`` (default: ``fit_here(umap_params)``) and
     saved with ``source``. ``progress(fraction, desc=...)`` hears about each step."""
-    say = progress or (lambda *a, **k: None)
+    say = progress if progress is not None else (lambda *a, **k: None)  # a gr.Progress() is falsy
     before = LayerState(False, False, "rebuild forced") if force else layer_state(paths, layer, source, umap_params)
     name, n = paths.name, expected_rows(source)
     if before.activations:
