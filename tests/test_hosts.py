@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_data import make_tiny_data_dir
 
 from diffviews.backends import wire
@@ -76,7 +77,10 @@ def test_spaces_backend_gives_the_local_result(tiny_dir, local):
     """Local, process-backend and Spaces-entry runs give the same image for the same request and seed."""
     import app
 
-    with process_backend(tiny_dir, device="cpu", timeout=120) as process:
+    # the same torch thread count on both sides: float sums differ in the last bit between counts
+    # (and an earlier test in this process may have left the count other than the environment's)
+    same_threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with process_backend(tiny_dir, device="cpu", timeout=120, env=same_threads) as process:
         from_process = gpu_ops.generate(process, REQUEST)
     backend = app.configure(tiny_dir, device="cpu")
     assert isinstance(backend, RemoteBackend) and backend.transport is app.gpu_serve
