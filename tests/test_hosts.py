@@ -78,7 +78,7 @@ def test_spaces_backend_gives_the_local_result(tiny_dir, local):
     import app
 
     # the same torch thread count on both sides: float sums differ in the last bit between counts
-    # (and an earlier test in this process may have left the count other than the environment's)
+    # (and a umap fit earlier in this process leaves the count other than the environment's)
     same_threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     with process_backend(tiny_dir, device="cpu", timeout=120, env=same_threads) as process:
         from_process = gpu_ops.generate(process, REQUEST)

@@ -34,7 +34,10 @@ def local(data_dir):
 
 @pytest.fixture(scope="module")
 def proc(data_dir):
-    backend = process_backend(data_dir, device="cpu", timeout=120)
+    # this process's torch thread count in the worker too (a umap fit earlier in the process may have
+    # changed it), so that results agree to the last bit
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    backend = process_backend(data_dir, device="cpu", timeout=120, env=threads)
     yield backend
     pid = backend.transport.pid
     assert pid is not None
