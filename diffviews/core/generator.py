@@ -20,7 +20,7 @@ from .sampling import NOISE_MODES, make_noise_sampler, sample
 
 @dataclass
 class GenerationResult:
-    images: np.ndarray  # (B, H, W, C) uint8, final samples
+    images: np.ndarray  # (B, H, W, C) uint8, final samples (decoded to pixels for latent models)
     denoised: np.ndarray  # (S, B, H, W, C) uint8, denoised estimate at each step
     noised: np.ndarray  # (S, B, H, W, C) uint8, the noised input x at each step
     trajectory: dict[str, np.ndarray]  # layer -> (S, B, D) float32, conditional half only
@@ -39,10 +39,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def noised_for_display(x: torch.Tensor) -> np.ndarray:
-    """A noised input scaled so its per-sample spread fits the display range."""
+def noised_for_display(x: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> np.ndarray:
+    """A noised input scaled so its per-sample spread fits the display range, then decoded
+    to pixels (latent models show the decoded view of the scaled latent)."""
     std = x.flatten(1).std(dim=1).clamp(min=1.0).reshape(-1, 1, 1, 1)
-    return to_uint8(x / std)
+    return to_uint8(decode(x / std))
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> int:
@@ -99,8 +100,8 @@ def generate(adapter, class_label: int | None = None, num_steps: int = 20, mask_
             return adapter.forward_with_cfg(x_t, sigma, labels, guidance_scale)
 
         def on_step(info: dict) -> None:
-            denoised_steps.append(to_uint8(info["denoised"]))
-            noised_steps.append(noised_for_display(info["x"]))
+            denoised_steps.append(to_uint8(adapter.decode(info["denoised"])))
+            noised_steps.append(noised_for_display(info["x"], adapter.decode))
             if extractor is not None:
                 for layer, act in extractor.get_activations().items():
                     traj[layer].append(act[:num_samples].flatten(1).float().cpu().numpy())
@@ -111,7 +112,7 @@ def generate(adapter, class_label: int | None = None, num_steps: int = 20, mask_
 
     sig = sigmas.cpu().numpy().astype(np.float64)
     return GenerationResult(
-        images=to_uint8(final),
+        images=to_uint8(adapter.decode(final)),
         denoised=np.stack(denoised_steps),
         noised=np.stack(noised_steps),
         trajectory={k: np.stack(v).astype(np.float32) for k, v in traj.items()},

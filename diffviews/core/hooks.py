@@ -18,6 +18,17 @@ import numpy as np
 import torch
 
 
+def primary_output(output):
+    """The tensor a layer's output stands for: ``output[0]`` when a block returns a tuple
+    (diffusers down blocks return ``(hidden, residuals)``), else the output itself."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def replace_primary_output(output, new: torch.Tensor):
+    """``output`` with its primary tensor replaced by ``new``; the rest of a tuple unchanged."""
+    return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+
+
 class _HookContext(ABC):
     """Attaches one forward hook per named layer for the life of a ``with`` block."""
 
@@ -70,7 +81,8 @@ class ActivationExtractor(_HookContext):
 
     def _make_hook(self, name: str) -> Callable:
         def hook(module, inputs, output):
-            out = output.detach() if self.detach else output
+            out = primary_output(output)
+            out = out.detach() if self.detach else out
             self._activations[name] = out
             if self.on_activation is not None:
                 self.on_activation(name, out)
@@ -87,8 +99,9 @@ class ActivationExtractor(_HookContext):
 class ActivationMasker(_HookContext):
     """Replaces each named layer's output with a fixed target while ``enabled``.
 
-    ``masks`` maps layer → (1, C, H, W) or (C, H, W) array/tensor, broadcast over the
-    batch. With blend strength ``alpha`` the output becomes (1 - alpha)·own + alpha·target;
+    ``masks`` maps layer → (1, *shape) or shape array/tensor (shape (C, H, W), or
+    (tokens, C) for token-shaped layers), or a flattened (1, D) row, broadcast over the batch.
+    With blend strength ``alpha`` the output becomes (1 - alpha)·own + alpha·target;
     alpha = 1 is plain replacement.
     """
 
@@ -103,10 +116,10 @@ class ActivationMasker(_HookContext):
         for name, mask in masks.items():
             t = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not torch.is_tensor(mask) else mask)
             t = t.to(device=adapter.device, dtype=torch.float32)
-            if t.ndim == 3:
-                t = t.unsqueeze(0)
-            if t.ndim == 2 and t.shape[0] == 1:  # a flattened (1, D) row
+            if t.ndim == 2 and t.shape[0] == 1 and t.shape[1] == int(np.prod(shapes[name])):  # a flattened (1, D) row
                 t = t.reshape(1, *shapes[name])
+            elif tuple(t.shape) == tuple(shapes[name]):  # one sample without the batch axis
+                t = t.unsqueeze(0)
             if tuple(t.shape[1:]) != tuple(shapes[name]) or t.shape[0] != 1:
                 raise ValueError(f"mask for layer {name!r} has shape {tuple(t.shape)}; "
                                  f"expected (1, {', '.join(map(str, shapes[name]))})")
@@ -116,10 +129,10 @@ class ActivationMasker(_HookContext):
         def hook(module, inputs, output):
             if not self.enabled:
                 return None
-            target = self.targets[name].to(output.dtype).expand_as(output)
-            if self.alpha >= 1.0:
-                return target.clone()
-            return torch.lerp(output, target, self.alpha)
+            own = primary_output(output)
+            target = self.targets[name].to(own.dtype).expand_as(own)
+            new = target.clone() if self.alpha >= 1.0 else torch.lerp(own, target, self.alpha)
+            return replace_primary_output(output, new)
 
         return hook
 
