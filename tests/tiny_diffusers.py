@@ -21,7 +21,8 @@ TOKENS = 8  # the tiny tokenizer's model_max_length
 def _pixel_unet(num_class_embeds: int | None = None):
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
                        num_class_embeds=num_class_embeds, **_UNET_BLOCKS)
 
