@@ -1,4 +1,4 @@
-"""diffusers adapters on tiny random models of the real classes (offline, seconds).
+"""The diffusers adapters on tiny random models of the real classes (offline, seconds).
 
 Families: a DDPM pixel pipeline (epsilon, unconditional), a bare class-conditional pixel
 UNet folder (DDIM, v-prediction), a consistency-model pipeline (CMStochasticIterative),
@@ -16,6 +16,7 @@ import torch
 
 from diffviews.adapters import adapter_for_model, get_adapter, list_adapters
 from diffviews.adapters.preconditioning import DiscreteVP, preconditioning_from_scheduler
+from diffviews.bench.tiny_diffusers import TINY_FAMILIES, TINY_PROMPTS
 from diffviews.core.extraction import extract_activations
 from diffviews.core.generator import generate
 from diffviews.core.hooks import ActivationMasker, run_with_cache
@@ -23,42 +24,18 @@ from diffviews.core.hooks import ActivationMasker, run_with_cache
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tiny_diffusers import (  # noqa: E402
-    build_bare_unet,
-    build_consistency_pipeline,
-    build_ddpm_pipeline,
-    build_dit_pipeline,
-    build_sd_pipeline,
-)
+from tiny_diffusers import adapters_fixture, folders_fixture, models_fixture  # noqa: E402,F401
 
-PROMPTS = ["a red square", "a blue circle"]
-# family → (builder, adapter name, from_pretrained kwargs, expected hookable layers)
+PROMPTS = TINY_PROMPTS
 UNET_LAYERS = ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
-FAMILIES = {
-    "ddpm-eps": (build_ddpm_pipeline, "diffusers-unet", {}, UNET_LAYERS),
-    "bare-v": (build_bare_unet, "diffusers-unet", {}, UNET_LAYERS),
-    "consistency": (build_consistency_pipeline, "diffusers-unet", {}, UNET_LAYERS),
-    "dit": (build_dit_pipeline, "dit", {}, [f"transformer_blocks.{i}" for i in range(3)]),
-    "sd": (build_sd_pipeline, "sd-unet", {"classes": PROMPTS}, UNET_LAYERS),
-}
+#: family → its hookable layers
+LAYERS = {"ddpm-eps": UNET_LAYERS, "bare-v": UNET_LAYERS, "consistency": UNET_LAYERS,
+          "dit": [f"transformer_blocks.{i}" for i in range(3)], "sd": UNET_LAYERS}
 
 
-@pytest.fixture(scope="session")
-def folders(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tiny_diffusers")
-    return {name: build(root / name) for name, (build, *_rest) in FAMILIES.items()}
-
-
-@pytest.fixture(scope="session")
-def adapters(folders):
-    return {name: get_adapter(FAMILIES[name][1]).from_pretrained(folders[name], **FAMILIES[name][2])
-            for name in FAMILIES}
-
-
-@pytest.fixture(params=list(FAMILIES))
-def family(request, adapters):
-    return request.param, adapters[request.param]
+@pytest.fixture(params=list(TINY_FAMILIES))
+def family(request, tiny_diffusers_adapters):
+    return request.param, tiny_diffusers_adapters[request.param]
 
 
 def _pixels(adapter, n=2, seed=0):
@@ -76,42 +53,42 @@ def _model_input(adapter, n=2, seed=0):
 
 def test_registered_names_and_registry_does_not_import_diffusers():
     assert {"diffusers-unet", "dit", "sd-unet", "edm-demo"} <= set(list_adapters())
-    code = "import sys, diffviews.adapters; assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, diffviews.adapters; assert not {'diffusers', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_family_detection_and_wrong_family_refused(folders):
-    for name, folder in folders.items():
-        assert adapter_for_model(folder) == FAMILIES[name][1]
+def test_family_detection_and_wrong_family_refused(tiny_diffusers_folders):
+    for name, folder in tiny_diffusers_folders.items():
+        assert adapter_for_model(folder) == TINY_FAMILIES[name][1]
     with pytest.raises(ValueError, match="UNet2DConditionModel.*use adapter 'sd-unet'"):
-        get_adapter("diffusers-unet").from_pretrained(folders["sd"])
+        get_adapter("diffusers-unet").from_pretrained(tiny_diffusers_folders["sd"])
     with pytest.raises(ValueError, match="needs a pipeline folder with transformer/, vae/"):
-        get_adapter("dit").from_pretrained(folders["bare-v"])
+        get_adapter("dit").from_pretrained(tiny_diffusers_folders["bare-v"])
     with pytest.raises(ValueError, match="list of prompts"):
-        get_adapter("sd-unet").from_pretrained(folders["sd"])
+        get_adapter("sd-unet").from_pretrained(tiny_diffusers_folders["sd"])
 
 
-def test_pickle_only_weights_are_refused_without_unpickling(folders, tmp_path, monkeypatch):
+def test_pickle_only_weights_are_refused_without_unpickling(tiny_diffusers_folders, tmp_path, monkeypatch):
     def no_unpickling(*args, **kwargs):
         raise AssertionError("torch.load must never be called")
 
     monkeypatch.setattr(torch, "load", no_unpickling)
     pipe = tmp_path / "pipe"
-    shutil.copytree(folders["ddpm-eps"], pipe)
+    shutil.copytree(tiny_diffusers_folders["ddpm-eps"], pipe)
     for f in (pipe / "unet").glob("*.safetensors"):
         f.rename(f.with_name("diffusion_pytorch_model.bin"))
     with pytest.raises(ValueError, match=r"unet: weights exist only as pickle files \(diffusion_pytorch_model.bin\)"):
         get_adapter("diffusers-unet").from_pretrained(pipe)
     bare = tmp_path / "bare"
-    shutil.copytree(folders["bare-v"], bare)
+    shutil.copytree(tiny_diffusers_folders["bare-v"], bare)
     for f in bare.glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
     with pytest.raises(ValueError, match=f"{bare}: weights exist only as pickle files"):
         get_adapter("diffusers-unet").from_checkpoint(bare)
 
 
-def test_from_checkpoint_delegates_to_from_pretrained(folders):
-    a = get_adapter("dit").from_checkpoint(folders["dit"], device="cpu")
+def test_from_checkpoint_delegates_to_from_pretrained(tiny_diffusers_folders):
+    a = get_adapter("dit").from_checkpoint(tiny_diffusers_folders["dit"], device="cpu")
     assert a.hookable_layers[0] == "transformer_blocks.0" and a.device == torch.device("cpu")
 
 
@@ -119,7 +96,7 @@ def test_from_checkpoint_delegates_to_from_pretrained(folders):
 
 def test_hookable_layers_and_shapes(family):
     name, adapter = family
-    assert adapter.hookable_layers == FAMILIES[name][3]
+    assert adapter.hookable_layers == LAYERS[name]
     shapes = adapter.get_layer_shapes()
     assert list(shapes) == adapter.hookable_layers
     x, labels = _model_input(adapter, n=3)
@@ -131,21 +108,21 @@ def test_hookable_layers_and_shapes(family):
     assert adapter.get_default_config()["default_layer"] in shapes
 
 
-def test_unknown_layer_error_lists_the_layers(adapters):
-    adapter = adapters["sd"]
+def test_unknown_layer_error_lists_the_layers(tiny_diffusers_adapters):
+    adapter = tiny_diffusers_adapters["sd"]
     with pytest.raises(KeyError, match="unknown layer 'nope'.*down_blocks.0, down_blocks.1, mid_block, up_blocks.0"):
         generate(adapter, class_label=0, num_steps=2, masks={"nope": np.zeros((1, 1))}, mask_steps=1)
 
 
-def test_latent_models_encode_and_decode_pixels(adapters):
+def test_latent_models_encode_and_decode_pixels(tiny_diffusers_adapters):
     for name in ("dit", "sd"):
-        adapter = adapters[name]
+        adapter = tiny_diffusers_adapters[name]
         assert (adapter.image_resolution, adapter.image_channels) == (8, 3) and adapter.resolution == 4
         z = adapter.encode(_pixels(adapter, 2))
         assert z.shape == (2, adapter.channels, 4, 4)
         img = adapter.decode(z)
         assert img.shape == (2, 3, 8, 8) and img.min() >= -1 and img.max() <= 1
-    pixel = adapters["ddpm-eps"]
+    pixel = tiny_diffusers_adapters["ddpm-eps"]
     p = _pixels(pixel)
     assert pixel.encode(p) is p and pixel.decode(p) is p
 
@@ -267,9 +244,9 @@ def test_extraction_of_two_layers_at_two_noise_levels(family):
 
 # ---- conditioning ----------------------------------------------------------------------------------------
 
-def test_cfg_in_one_batched_pass_with_the_null_class(adapters):
+def test_cfg_in_one_batched_pass_with_the_null_class(tiny_diffusers_adapters):
     for name in ("dit", "sd"):
-        adapter = adapters[name]
+        adapter = tiny_diffusers_adapters[name]
         assert adapter.supports_cfg and adapter.null_class == adapter.num_classes
         x0, labels = _model_input(adapter, n=2)
         sigma = adapter.noise_level_to_native(50.0)
@@ -282,10 +259,10 @@ def test_cfg_in_one_batched_pass_with_the_null_class(adapters):
         assert not torch.allclose(cond, uncond)
 
 
-def test_pixel_unet_conditioning_without_a_null_class(adapters):
-    uncond = adapters["ddpm-eps"]
+def test_pixel_unet_conditioning_without_a_null_class(tiny_diffusers_adapters):
+    uncond = tiny_diffusers_adapters["ddpm-eps"]
     assert uncond.conditioning_type == "none" and uncond.class_names == ["unconditional"]
-    cond = adapters["consistency"]
+    cond = tiny_diffusers_adapters["consistency"]
     assert cond.conditioning_type == "class" and cond.num_classes == 4 and not cond.supports_cfg
     assert cond.get_default_config()["default_guidance"] == 1.0 and cond.get_default_config()["default_steps"] == 4
     x0, labels = _model_input(cond, n=2)
@@ -295,8 +272,8 @@ def test_pixel_unet_conditioning_without_a_null_class(adapters):
         generate(cond, class_label=None, num_steps=2)
 
 
-def test_sd_prompts_are_the_classes_and_embeddings_are_cached(adapters):
-    sd = adapters["sd"]
+def test_sd_prompts_are_the_classes_and_embeddings_are_cached(tiny_diffusers_adapters):
+    sd = tiny_diffusers_adapters["sd"]
     assert sd.class_names == PROMPTS and sd.num_classes == 2
     emb = sd.prompt_embeddings
     assert emb.shape[0] == 3  # the two prompts and the empty (null) prompt

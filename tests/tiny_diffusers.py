@@ -1,130 +1,38 @@
-"""Tiny, randomly initialised models of the REAL diffusers / transformers classes, saved as
-safetensors folders (whole pipelines where the family needs them). Built offline in seconds.
+"""pytest fixtures: a tiny random model of every diffusers family, built ONCE per session
+from the real classes (diffviews.bench.tiny_diffusers), saved as safetensors folders and
+loaded through its adapter. Import the fixtures into a test module to use them:
 
-Untrained weights are enough for what the adapter tests check (loading, shapes, hooks,
-masking, noise mapping); image quality is not checked here.
+    from tiny_diffusers import adapters_fixture, folders_fixture, models_fixture  # noqa: F401
+
+then ask for ``tiny_diffusers_folders`` / ``tiny_diffusers_adapters`` in a test's arguments.
+(Fixtures are registered under ``name=`` so the imported names never shadow arguments.)
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+import pytest
 import torch
 
-# one small UNet layout shared by the pixel and SD families: a tuple-returning down block,
-# an attention block, a mid block
-_UNET_BLOCKS = {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4}
-TOKENS = 8  # the tiny tokenizer's model_max_length
+from diffviews.bench.tiny_diffusers import TINY_FAMILIES, build_tiny_family
 
 
-def _pixel_unet(num_class_embeds: int | None = None):
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
-                       num_class_embeds=num_class_embeds, **_UNET_BLOCKS)
-
-
-def build_ddpm_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """DDPMPipeline: unconditional pixel UNet2DModel + DDPMScheduler (a pipeline folder)."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    torch.manual_seed(seed)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
-    DDPMPipeline(unet=_pixel_unet(), scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
-    return folder
+@pytest.fixture(scope="session", name="tiny_diffusers_models")
+def models_fixture(tmp_path_factory) -> dict:
+    """{family: (folder, adapter)} for every key of TINY_FAMILIES."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_diffusers")
+    return {family: build_tiny_family(root, family) for family in TINY_FAMILIES}
 
 
-def build_bare_unet(folder: Path, num_classes: int = 4, prediction_type: str = "v_prediction", seed: int = 0) -> Path:
-    """A bare class-conditional UNet2DModel folder (config.json + weights + scheduler_config.json)."""
-    from diffusers import DDIMScheduler
-
-    torch.manual_seed(seed)
-    _pixel_unet(num_classes).save_pretrained(folder, safe_serialization=True)
-    DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  prediction_type=prediction_type).save_pretrained(folder)
-    return folder
+@pytest.fixture(scope="session", name="tiny_diffusers_folders")
+def folders_fixture(tiny_diffusers_models) -> dict:
+    """{family: saved model folder} (read-only: copy one to change it)."""
+    return {family: folder for family, (folder, _) in tiny_diffusers_models.items()}
 
 
-def build_consistency_pipeline(folder: Path, num_classes: int = 4, seed: int = 0) -> Path:
-    """ConsistencyModelPipeline: class-conditional UNet2DModel + CMStochasticIterativeScheduler."""
-    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
-
-    torch.manual_seed(seed)
-    scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40, sigma_min=0.002, sigma_max=80.0)
-    ConsistencyModelPipeline(unet=_pixel_unet(num_classes), scheduler=scheduler).save_pretrained(
-        folder, safe_serialization=True)
-    return folder
-
-
-def _tiny_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1,
-                         norm_num_groups=4, sample_size=8)
-
-
-def build_dit_pipeline(folder: Path, seed: int = 0) -> Path:
-    """DiTPipeline: DiTTransformer2DModel (1000 classes + null, learned sigma) + AutoencoderKL + DDIM."""
-    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    torch.manual_seed(seed)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                        num_layers=3, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
-    DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=DDIMScheduler()).save_pretrained(
-        folder, safe_serialization=True)
-    return folder
-
-
-def _byte_chars() -> list[str]:
-    """The 256 characters byte-level BPE uses for bytes: printable Latin-1 bytes stand for
-    themselves, every other byte for a code point from 256 up, in byte order."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def write_clip_tokenizer(folder: Path) -> None:
-    """vocab.json (every byte character alone and with </w>, start/end tokens) and a merges
-    file with only its version line: the real CLIPTokenizer then splits text into characters."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
-    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-
-
-def build_sd_pipeline(folder: Path, seed: int = 0) -> Path:
-    """StableDiffusionPipeline: UNet2DConditionModel + AutoencoderKL + CLIPTextModel / CLIPTokenizer,
-    EulerDiscreteScheduler (epsilon)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(seed)
-    tok_dir = folder.parent / f"{folder.name}_tokenizer_src"
-    write_clip_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=TOKENS)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=TOKENS, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=2, **_UNET_BLOCKS)
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+@pytest.fixture(scope="session", name="tiny_diffusers_adapters")
+def adapters_fixture(tiny_diffusers_models) -> dict:
+    """{family: loaded adapter} (shared: do not change their state)."""
+    return {family: adapter for family, (_, adapter) in tiny_diffusers_models.items()}
