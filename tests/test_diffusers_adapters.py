@@ -279,3 +279,10 @@ def test_sd_prompts_are_the_classes_and_embeddings_are_cached(tiny_diffusers_ada
     assert emb.shape[0] == 3  # the two prompts and the empty (null) prompt
     assert not torch.allclose(emb[0], emb[1]) and not torch.allclose(emb[0], emb[2])
     assert sd.get_default_config()["prompts"] == PROMPTS
+
+
+def test_extraction_throughput_per_family_runs(tmp_path):
+    from diffviews.bench.extraction_families import FAMILY_MODELS, measure
+
+    result = measure(num_images=4, batch_size=2, repeats=1, root=tmp_path)
+    assert set(result) == set(FAMILY_MODELS) and all(v > 0 for v in result.values())

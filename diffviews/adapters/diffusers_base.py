@@ -242,6 +242,7 @@ class DiffusersAdapter(SigmaSpaceAdapter):
         #: what the raw network predicts ("epsilon", "v_prediction", "sample"); forward() always
         #: returns the preconditioned denoised estimate, so ``prediction_type`` stays "x0"
         self.network_prediction = getattr(preconditioning, "prediction_type", "x0")
+        self._resolution = square_size(self.net.config.sample_size, type(net).__name__)
         self._class_names = list(class_names) if class_names else None
         if self._class_names is not None and len(self._class_names) != self.num_classes:
             raise ValueError(f"{len(self._class_names)} class names given for a model with {self.num_classes} "
@@ -249,6 +250,14 @@ class DiffusersAdapter(SigmaSpaceAdapter):
         self._layer_shapes = None
 
     # ---- description -------------------------------------------------------------------------
+    @property
+    def resolution(self) -> int:
+        return self._resolution
+
+    @property
+    def channels(self) -> int:
+        return self.net.config.in_channels
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype

@@ -22,7 +22,6 @@ from .diffusers_base import (
     check_model_class,
     import_diffusers,
     load_model,
-    square_size,
     unet_hook_points,
 )
 from .preconditioning import Karras
@@ -41,19 +40,10 @@ class DiffusersUNetAdapter(DiffusersAdapter):
                              "class-conditional models need num_class_embeds")
         self._num_class_embeds = int(cfg.num_class_embeds or 0)
         self.conditioning_type = "class" if self._num_class_embeds else "none"
-        self._resolution = square_size(cfg.sample_size, "UNet2DModel")
         self._learned_time = cfg.time_embedding_type == "learned"
         if class_names is None and not self._num_class_embeds:
             class_names = ["unconditional"]
         super().__init__(unet, preconditioning, device, None, class_names, spec, scheduler_name)
-
-    @property
-    def resolution(self) -> int:
-        return self._resolution
-
-    @property
-    def channels(self) -> int:
-        return self.net.config.in_channels
 
     @property
     def num_classes(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .diffusers_base import DiffusersAdapter, check_model_class, import_diffusers, load_model, square_size
+from .diffusers_base import DiffusersAdapter, check_model_class, import_diffusers, load_model
 
 DEFAULT_GUIDANCE = 4.0
 
@@ -32,16 +32,7 @@ class DiTAdapter(DiffusersAdapter):
         self._num_classes = int(cfg.num_embeds_ada_norm)
         tables = [m.embedding_table for m in transformer.modules() if hasattr(m, "embedding_table")]
         self._has_null = bool(tables) and tables[0].num_embeddings > self._num_classes
-        self._resolution = square_size(cfg.sample_size, "DiTTransformer2DModel")
         super().__init__(transformer, preconditioning, device, vae, class_names, spec, scheduler_name)
-
-    @property
-    def resolution(self) -> int:
-        return self._resolution
-
-    @property
-    def channels(self) -> int:
-        return self.net.config.in_channels
 
     @property
     def num_classes(self) -> int:

@@ -21,7 +21,6 @@ from .diffusers_base import (
     check_model_class,
     import_diffusers,
     load_model,
-    square_size,
     unet_hook_points,
 )
 
@@ -41,7 +40,6 @@ class SDUNetAdapter(DiffusersAdapter):
             raise ValueError("UNet2DConditionModel with added embeddings (SDXL-style) or a timestep condition "
                              "(LCM) is not supported; sd-unet handles SD 1.x / 2.x / Turbo style UNets")
         self.prompts = [str(p) for p in prompts]
-        self._resolution = square_size(unet.config.sample_size, "UNet2DConditionModel")
         super().__init__(unet, preconditioning, device, vae, self.prompts, spec, scheduler_name)
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -53,14 +51,6 @@ class SDUNetAdapter(DiffusersAdapter):
         tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
         return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
-
-    @property
-    def resolution(self) -> int:
-        return self._resolution
-
-    @property
-    def channels(self) -> int:
-        return self.net.config.in_channels
 
     @property
     def num_classes(self) -> int:

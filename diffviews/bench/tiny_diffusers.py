@@ -142,13 +142,13 @@ TINY_FAMILIES = {
 }
 
 
-def build_tiny_family(root: Path, family: str, seed: int = 0):
-    """Build ``family`` (a key of TINY_FAMILIES) under ``root/family`` and load it:
-    returns (folder, adapter)."""
+def build_tiny_family(root: Path, family: str, seed: int = 0, device: str = "cpu"):
+    """Build ``family`` (a key of TINY_FAMILIES) under ``root/family`` and load it on
+    ``device``: returns (folder, adapter)."""
     from ..adapters import get_adapter
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     build, adapter_name, kwargs = TINY_FAMILIES[family]
     folder = build(Path(root) / family, seed=seed)
-    return folder, get_adapter(adapter_name).from_pretrained(folder, **kwargs)
+    return folder, get_adapter(adapter_name).from_pretrained(folder, device=device, **kwargs)
