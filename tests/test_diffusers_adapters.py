@@ -286,3 +286,23 @@ def test_extraction_throughput_per_family_runs(tmp_path):
 
     result = measure(num_images=4, batch_size=2, repeats=1, root=tmp_path)
     assert set(result) == set(FAMILY_MODELS) and all(v > 0 for v in result.values())
+
+
+def test_dit_saved_as_legacy_transformer2d_loads_with_the_same_weights(tmp_path):
+    """The Hub's DiT checkpoints name their transformer Transformer2DModel (ada_norm_zero)."""
+    from diffusers import DDIMScheduler, DiTPipeline, Transformer2DModel
+
+    from diffviews.bench.tiny_diffusers import tiny_vae
+
+    torch.manual_seed(0)
+    legacy = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=1000,
+                                norm_type="ada_norm_zero", activation_fn="gelu-approximate").eval()
+    DiTPipeline(transformer=legacy, vae=tiny_vae(), scheduler=DDIMScheduler()).save_pretrained(
+        tmp_path, safe_serialization=True)
+    assert adapter_for_model(tmp_path) == "dit"
+    adapter = get_adapter("dit").from_pretrained(tmp_path)
+    x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([10.0, 500.0]), torch.tensor([3, 1000])
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.net(x, timestep=t, class_labels=y, return_dict=False)[0],
+                                   legacy(x, timestep=t, class_labels=y, return_dict=False)[0])

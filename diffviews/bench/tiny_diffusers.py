@@ -60,7 +60,7 @@ def build_consistency_pipeline(folder: Path, num_classes: int = 4, seed: int = 0
     return folder
 
 
-def _tiny_vae():
+def tiny_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
@@ -76,7 +76,7 @@ def build_dit_pipeline(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
                                         num_layers=3, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
-    DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=DDIMScheduler()).save_pretrained(
+    DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=DDIMScheduler()).save_pretrained(
         folder, safe_serialization=True)
     return folder
 
@@ -124,7 +124,7 @@ def build_sd_pipeline(folder: Path, seed: int = 0) -> Path:
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
                                 attention_head_dim=2, **_UNET_BLOCKS)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
