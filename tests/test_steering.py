@@ -349,9 +349,11 @@ SHAPES_SKIP_LAYERS = ["enc_32x32", "enc_16x16", "enc_8x8", "mid"]
 
 @pytest.mark.slow
 def test_shapes_multi_layer_mask_steers_where_mid_alone_does_not():
-    """Measured over all 30 ordered pairs, 8 samples each (blend α=1, every step): `mid`
-    alone 0.16 of samples land in the source class (0.06 unmasked), mid + the skip-carrying
-    encoder layers 0.79."""
+    """Measured over all 30 ordered pairs, 6 samples each (blend α=1, every step): `mid`
+    alone puts 0.17 of samples in the source class, mid + the skip-carrying encoder layers
+    0.78 (8 samples: 0.16 and 0.79; 0.06 unmasked). Holding every one of these layers makes
+    the output follow the held means, not the sample's noise: the samples of one source
+    class look alike."""
     torch.set_num_threads(1)
     ds, clf, _ = fit_classifier("shapes")
     adapter = get_adapter("edm-demo").from_checkpoint(weights_path("shapes"), device="cpu")
@@ -364,7 +366,7 @@ def test_shapes_multi_layer_mask_steers_where_mid_alone_does_not():
         hits = []
         for s, d in pairs:
             masks = compute_mask_dict(acts, np.flatnonzero(labels == s), {layer: shapes[layer] for layer in layers})
-            r = generate(adapter, class_label=d, num_steps=20, seed=1, num_samples=8, masks=masks,
+            r = generate(adapter, class_label=d, num_steps=20, seed=1, num_samples=6, masks=masks,
                          noise_window=(0, 100))
             hits.append(np.mean(clf.predict(features(r.images)) == s))
         return float(np.mean(hits))
