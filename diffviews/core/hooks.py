@@ -96,21 +96,38 @@ class ActivationExtractor(_HookContext):
         self._activations.clear()
 
 
+MASK_MODES = ("blend", "add")
+#: allowed strength per mode: blend interpolates towards a target, add scales a signed direction
+ALPHA_RANGES = {"blend": (0.0, 1.0), "add": (-10.0, 10.0)}
+
+
+def check_alpha(alpha: float, mode: str = "blend") -> float:
+    """``alpha`` as a float, after checking ``mode`` and that alpha lies in the mode's range."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}")
+    lo, hi = ALPHA_RANGES[mode]
+    if isinstance(alpha, bool) or not np.isfinite(float(alpha)) or not lo <= float(alpha) <= hi:
+        raise ValueError(f"{mode} strength alpha must be within [{lo:g}, {hi:g}], got {alpha}")
+    return float(alpha)
+
+
 class ActivationMasker(_HookContext):
-    """Replaces each named layer's output with a fixed target while ``enabled``.
+    """Edits each named layer's output with a fixed per-layer array while ``enabled``.
 
     ``masks`` maps layer → (1, *shape) or shape array/tensor (shape (C, H, W), or
     (tokens, C) for token-shaped layers), or a flattened (1, D) row, broadcast over the batch.
-    With blend strength ``alpha`` the output becomes (1 - alpha)·own + alpha·target;
-    alpha = 1 is plain replacement.
+    ``mode="blend"``: the arrays are targets and the output becomes
+    (1 - alpha)·own + alpha·target, alpha in [0, 1] (1 is plain replacement).
+    ``mode="add"``: the arrays are directions and the output becomes own + alpha·direction,
+    alpha signed in [-10, 10].
     """
 
-    def __init__(self, adapter, masks: Mapping[str, np.ndarray | torch.Tensor], alpha: float = 1.0):
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"blend strength alpha must be within [0, 1], got {alpha}")
+    def __init__(self, adapter, masks: Mapping[str, np.ndarray | torch.Tensor], alpha: float = 1.0,
+                 mode: str = "blend"):
+        self.alpha = check_alpha(alpha, mode)
+        self.mode = mode
         super().__init__(adapter, masks.keys())
         shapes = adapter.get_layer_shapes()
-        self.alpha = float(alpha)
         self.enabled = True
         self.targets: dict[str, torch.Tensor] = {}
         for name, mask in masks.items():
@@ -131,7 +148,12 @@ class ActivationMasker(_HookContext):
                 return None
             own = primary_output(output)
             target = self.targets[name].to(own.dtype).expand_as(own)
-            new = target.clone() if self.alpha >= 1.0 else torch.lerp(own, target, self.alpha)
+            if self.mode == "add":
+                new = own + self.alpha * target
+            elif self.alpha >= 1.0:
+                new = target.clone()
+            else:
+                new = torch.lerp(own, target, self.alpha)
             return replace_primary_output(output, new)
 
         return hook
