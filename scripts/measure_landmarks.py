@@ -5,7 +5,8 @@ preservation (``diffviews.processing.quality.knn_preservation``) of each, printe
 
 The data: ``classes`` × ``levels`` clusters in ``dim`` dimensions (a class centre shifted along
 one direction by the noise level), each a smooth 2-D sheet with a little Gaussian noise, so the
-strata are class × noise level as in a real map and neighbourhoods have structure to keep. umap-learn's kernels (both neighbour paths) are compiled before anything is timed.
+strata are class × noise level as in a real map and neighbourhoods have structure to keep.
+umap-learn's kernels (both neighbour paths) are compiled before anything is timed.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ Pure numpy + scikit-learn (no torch, no umap), cheap at 1M points:
 Neighbours are exact Euclidean ones, found with float32 BLAS (``|a|² − 2a·b + |b|²`` on
 centred data) one block of data rows at a time, so memory stays bounded whatever N is; the
 chosen neighbours' distances are then recomputed directly in float64, so a row's distance to
-itself is exactly 0. Maps (at most 3 columns) are searched with scikit-learn's KD-tree. Pass both spaces in the same coordinates the map was fitted in (e.g. a
-``UMAPPipeline``'s ``train_features_`` / ``preprocess(X)``) or raw activations throughout.
+itself is exactly 0. Maps (at most 3 columns) are searched with scikit-learn's KD-tree.
+Pass both spaces in the same coordinates the map was fitted in (e.g. a ``UMAPPipeline``'s
+``train_features_`` / ``preprocess(X)``) or raw activations throughout.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ KNN_SAMPLE = 2000
 #: subset size for ``trustworthiness_sampled`` (scikit-learn works on its full pairwise distances)
 TRUST_SAMPLE = 1500
 #: real points whose nearest-neighbour distance forms the reference for ``step_confidence``
-NN_SAMPLE = 5000
+NN_SAMPLE = 2000
 #: a step farther from every real activation than this percentile of the real points'
 #: nearest-neighbour distances is flagged as extrapolated
 EXTRAPOLATION_PERCENTILE = 95.0
@@ -125,7 +126,8 @@ def k_nearest(data, queries, k: int, exclude=None) -> tuple[np.ndarray, np.ndarr
     return np.take_along_axis(distances, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
-def nearest_in_activations(acts, query, k: int = DEFAULT_K, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_in_activations(acts, query, k: int = DEFAULT_K,
+                           exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``acts`` (N, D) nearest to one ``query`` activation (D,), exactly.
 
     ``exclude``: a row that may not be chosen (the query's own row when it is a map point).
