@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=5)
     p.add_argument("--landmarks", type=int, default=N_LANDMARKS)
     p.add_argument("--threshold", type=int, default=LANDMARK_THRESHOLD)
+    p.add_argument("--place", nargs="+", default=["transform", "knn"], help="placements to measure")
     p.add_argument("--skip-full-above", type=int, default=None, help="no full fit above this many points")
     args = p.parse_args()
 
@@ -58,11 +59,13 @@ def main() -> None:
         X, cls, lvl = clustered(n, args.dim, args.classes, args.levels)
         Z = (X - X.mean(axis=0)) / X.std(axis=0)  # the space neighbours are judged in
         row = {"n_points": n, "dim": args.dim, "strata": args.classes * args.levels}
-        t0 = time.perf_counter()
-        fit = fit_map(X, strata=(cls, lvl), threshold=min(args.threshold, n - 1), n_landmarks=args.landmarks,
-                      **PARAMS)
-        row.update(landmark_s=round(time.perf_counter() - t0, 1), landmark_info=fit.info)
-        row["landmark_knn15"] = round(knn_preservation(Z, fit.embedding, k=15), 4)
+        for place in args.place:
+            t0 = time.perf_counter()
+            fit = fit_map(X, strata=(cls, lvl), threshold=min(args.threshold, n - 1), n_landmarks=args.landmarks,
+                          place=place, **PARAMS)
+            row[f"landmark_{place}_s"] = round(time.perf_counter() - t0, 1)
+            row[f"landmark_{place}_info"] = fit.info
+            row[f"landmark_{place}_knn15"] = round(knn_preservation(Z, fit.embedding, k=15), 4)
         if args.skip_full_above is None or n <= args.skip_full_above:
             t0 = time.perf_counter()
             full = UMAPPipeline(**PARAMS).fit(X)

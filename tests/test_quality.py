@@ -249,7 +249,15 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
     # the placed points keep their clusters: each point's map neighbours share its label
     _, idx = k_nearest(fit.embedding, fit.embedding, 6)
     assert np.mean(labels[idx[:, 1:]] == labels[:, None]) > 0.95
+    # placed by k-NN interpolation instead: the same landmark map, the others near their landmarks
+    knn = fit_map(X, strata=labels, threshold=200, n_landmarks=100, seed=0, place="knn", **params)
+    assert knn.info["placement"] == "knn" and info["placement"] == "transform"
+    np.testing.assert_array_equal(knn.embedding[rows], fit.embedding[rows])
+    _, idx = k_nearest(knn.embedding, knn.embedding, 6)
+    assert np.mean(labels[idx[:, 1:]] == labels[:, None]) > 0.95
     small = fit_map(X[:60], threshold=200, n_landmarks=100, **params)
     assert small.info == {"method": "full"} and small.embedding.shape == (60, 2)
     with pytest.raises(ValueError, match="n_landmarks \\(300\\) must not exceed threshold \\(200\\)"):
         fit_map(X, threshold=200, n_landmarks=300)
+    with pytest.raises(ValueError, match="unknown placement 'umap'; choose one of transform, knn"):
+        fit_map(X, place="umap")

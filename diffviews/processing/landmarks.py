@@ -23,14 +23,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .umap import UMAPPipeline
+from .quality import k_nearest
+from .umap import UMAPPipeline, interpolate_embedding
 
-__all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "MapFit", "stratum_ids", "select_landmarks", "fit_map"]
+__all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "PLACEMENTS", "MapFit", "stratum_ids", "select_landmarks", "fit_map"]
 
 #: maps with more points than this are fitted on landmarks
 LANDMARK_THRESHOLD = 30000
 #: landmarks a large map is fitted on
 N_LANDMARKS = 10000
+#: how the other points are placed: the pipeline's UMAP ``transform`` (about 0.65 ms a point
+#: on one core here), or "knn", the inverse-distance-weighted mean of the map positions of their
+#: ``n_neighbors`` nearest landmarks in the fitted feature space (float32 BLAS, ~10x cheaper)
+PLACEMENTS = ("transform", "knn")
 # rows per call of the pipeline's transform when placing the other points
 _PLACE_BATCH = 8192
 
@@ -103,15 +108,18 @@ def select_landmarks(n_points: int, n_landmarks: int, strata=None, seed: int = 0
 
 
 def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: int = N_LANDMARKS, seed: int = 0,
-            batch_size: int = _PLACE_BATCH, **pipeline_params) -> MapFit:
+            batch_size: int = _PLACE_BATCH, place: str = "transform", **pipeline_params) -> MapFit:
     """The map of all rows of ``X`` (N, D): a ``UMAPPipeline(**pipeline_params)`` fitted on all of
     them when N <= ``threshold``, otherwise on ``n_landmarks`` stratified landmarks
     (``select_landmarks(N, n_landmarks, strata, seed)``) with the other rows placed by the
-    pipeline's ``transform``, ``batch_size`` rows at a time.
+    pipeline's ``transform`` (``place="knn"``: by k-NN interpolation of the landmarks' positions),
+    ``batch_size`` rows at a time.
 
     ``info`` is ``{"method": "full"}`` or ``{"method": "landmarks", "n_landmarks", "threshold",
-    "seed", "n_strata", "fit_seconds", "place_seconds"}``.
+    "seed", "n_strata", "placement", "fit_seconds", "place_seconds"}``.
     """
+    if place not in PLACEMENTS:
+        raise ValueError(f"unknown placement {place!r}; choose one of {', '.join(PLACEMENTS)}")
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"activations must be a 2-D (N, D) array, got shape {X.shape}")
@@ -135,8 +143,14 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     t0 = time.perf_counter()
     for start in range(0, rest.size, int(batch_size)):
         part = rest[start:start + int(batch_size)]
-        embedding[part] = pipe.transform(X[part], batch_size=int(batch_size))
+        if place == "transform":
+            embedding[part] = pipe.transform(X[part], batch_size=int(batch_size))
+        else:
+            k = min(int(pipe.n_neighbors), rows.size)
+            distances, indices = k_nearest(pipe.train_features_, pipe.preprocess(X[part]), k)
+            embedding[part] = interpolate_embedding(distances, indices, pipe.embedding_)
     info = {"method": "landmarks", "n_landmarks": int(rows.size), "threshold": int(threshold), "seed": int(seed),
-            "n_strata": int(stratum_ids(strata, n).max() + 1), "fit_seconds": round(fit_seconds, 3),
+            "n_strata": int(stratum_ids(strata, n).max() + 1), "placement": place,
+            "fit_seconds": round(fit_seconds, 3),
             "place_seconds": round(time.perf_counter() - t0, 3)}
     return MapFit(embedding, pipe, info)
