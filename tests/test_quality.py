@@ -238,7 +238,8 @@ def small_activations():
 def test_landmark_fit_places_every_point_and_says_how(small_activations):
     X, labels = small_activations
     params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}
-    fit = fit_map(X, strata=labels, threshold=200, n_landmarks=100, seed=0, batch_size=64, **params)
+    fit = fit_map(X, strata=labels, threshold=200, n_landmarks=100, seed=0, batch_size=64, place="transform",
+                  **params)
     assert fit.embedding.shape == (300, 2) and fit.embedding.dtype == np.float32
     assert np.isfinite(fit.embedding).all()
     info = fit.info
@@ -250,7 +251,7 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
     _, idx = k_nearest(fit.embedding, fit.embedding, 6)
     assert np.mean(labels[idx[:, 1:]] == labels[:, None]) > 0.95
     # placed by k-NN interpolation instead: the same landmark map, the others near their landmarks
-    knn = fit_map(X, strata=labels, threshold=200, n_landmarks=100, seed=0, place="knn", **params)
+    knn = fit_map(X, strata=labels, threshold=200, n_landmarks=100, seed=0, **params)
     assert knn.info["placement"] == "knn" and info["placement"] == "transform"
     np.testing.assert_array_equal(knn.embedding[rows], fit.embedding[rows])
     _, idx = k_nearest(knn.embedding, knn.embedding, 6)
@@ -259,5 +260,5 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
     assert small.info == {"method": "full"} and small.embedding.shape == (60, 2)
     with pytest.raises(ValueError, match="n_landmarks \\(300\\) must not exceed threshold \\(200\\)"):
         fit_map(X, threshold=200, n_landmarks=300)
-    with pytest.raises(ValueError, match="unknown placement 'umap'; choose one of transform, knn"):
+    with pytest.raises(ValueError, match="unknown placement 'umap'; choose one of knn, transform"):
         fit_map(X, place="umap")
