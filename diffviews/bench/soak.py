@@ -371,8 +371,9 @@ def abuse_upload(url: str, tally: Tally) -> None:
     tally.abused("oversized_upload", "accepted" if code == 200 else f"refused {code}")
 
 
-def abuse_flood(url: str, tally: Tally, downloads: Path) -> None:
-    """One session submitting many large generations at once."""
+def abuse_flood(url: str, tally: Tally, downloads: Path, deadline: float) -> None:
+    """One session submitting many large generations at once; jobs still waiting at the
+    deadline are cancelled (and counted as such)."""
     from gradio_client import Client
 
     client = Client(url, verbose=False, download_files=str(downloads))
@@ -382,10 +383,13 @@ def abuse_flood(url: str, tally: Tally, downloads: Path) -> None:
                               api_name="/generate") for s in range(FLOOD_JOBS)]
         for job in jobs:
             try:
-                result = job.result(timeout=600)
+                result = job.result(timeout=max(deadline - time.monotonic(), 0.0) + 30.0)
                 status = str(result[1] if isinstance(result, (list, tuple)) and len(result) > 1 else result)
                 tally.abused("queue_flood", "refused busy" if "busy" in status.lower() else
                              ("refused other" if status.startswith(ERROR_PREFIX) else "ran"))
+            except TimeoutError:
+                job.cancel()
+                tally.abused("queue_flood", "still queued at the end")
             except Exception as exc:  # noqa: BLE001 - a refused job is the outcome we hope for
                 tally.abused("queue_flood", f"refused {type(exc).__name__}")
     finally:
@@ -393,15 +397,18 @@ def abuse_flood(url: str, tally: Tally, downloads: Path) -> None:
 
 
 def abuser(url: str, tally: Tally, deadline: float, downloads: Path, rng: random.Random) -> None:
-    """Abusive actions spread over the run, one at a time."""
+    """The abusive actions in turn (queue bypass, oversized upload, queue flood), a pause
+    between them, until the deadline."""
     actions = [lambda: abuse_rest(url, tally), lambda: abuse_upload(url, tally),
-               lambda: abuse_flood(url, tally, downloads)]
+               lambda: abuse_flood(url, tally, downloads, deadline)]
+    k = 0
     while time.monotonic() < deadline:
         try:
-            rng.choice(actions)()
+            actions[k % len(actions)]()
         except Exception as exc:  # noqa: BLE001 - recorded, the soak goes on
             tally.abused("abuser", f"failed {type(exc).__name__}")
-        time.sleep(rng.uniform(5.0, 15.0))
+        k += 1
+        time.sleep(rng.uniform(2.0, 6.0))
 
 
 # ---- the run -------------------------------------------------------------------------------
