@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[viz,r2,dev]"
+	$(PY) -m pip install -q -e ".[viz,r2,diffusers,dev]"
 	touch $@
 
 install: $(VENV)/.installed

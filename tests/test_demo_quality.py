@@ -4,28 +4,16 @@ mid layer at another class's mean activation steers what comes out."""
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from sklearn.model_selection import train_test_split
-from sklearn.svm import SVC
+from demo_classifier import features, fit_classifier
 
 from diffviews.adapters import get_adapter
 from diffviews.core.extraction import extract_activations
 from diffviews.core.generator import generate
 from diffviews.core.masking import compute_mask_dict
 from diffviews.demo import DEMO_MODELS, weights_path
-from diffviews.demo.datasets import load_dataset
 
 SAMPLES_PER_CLASS = 12
 STEER_PAIRS = {"digits": [(0, 1), (3, 7), (5, 4)]}
-
-
-def features(images: np.ndarray) -> np.ndarray:
-    """Per-pixel max over channels in [0, 1] (shape, not colour), shifted so the centre of
-    mass sits in the middle (position does not matter either)."""
-    f = images.astype(np.float32).max(axis=-1) / 255.0
-    centre = (np.array(f.shape[1:]) - 1) / 2
-    out = [ndimage.shift(im, centre - np.array(ndimage.center_of_mass(im + 1e-6)), order=1) for im in f]
-    return np.stack(out).reshape(len(f), -1)
 
 
 pytestmark = pytest.mark.slow  # hundreds of samples from the real demo models
@@ -34,12 +22,9 @@ pytestmark = pytest.mark.slow  # hundreds of samples from the real demo models
 @pytest.fixture(scope="module", params=DEMO_MODELS)
 def model(request):
     name = request.param
-    ds = load_dataset(name)
-    x_tr, x_te, y_tr, y_te = train_test_split(features(ds.images), ds.labels, test_size=0.25,
-                                              random_state=0, stratify=ds.labels)
-    clf = SVC(C=10.0).fit(x_tr, y_tr)
+    ds, clf, heldout = fit_classifier(name)
     adapter = get_adapter("edm-demo").from_checkpoint(weights_path(name), device="cpu")
-    return name, ds, clf, clf.score(x_te, y_te), adapter
+    return name, ds, clf, heldout, adapter
 
 
 def test_class_conditional_samples_are_recognised(model, record_property):

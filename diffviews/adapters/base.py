@@ -34,11 +34,22 @@ class GeneratorAdapter(ABC):
     # ---- description -------------------------------------------------------------------
     @property
     @abstractmethod
-    def resolution(self) -> int: ...
+    def resolution(self) -> int:
+        """Side of the space the sampler runs in (pixels, or latents for latent models)."""
 
     @property
     @abstractmethod
-    def channels(self) -> int: ...
+    def channels(self) -> int:
+        """Channels of the space the sampler runs in."""
+
+    @property
+    def image_resolution(self) -> int:
+        """Side of the images the model makes (differs from ``resolution`` for latent models)."""
+        return self.resolution
+
+    @property
+    def image_channels(self) -> int:
+        return self.channels
 
     @property
     @abstractmethod
@@ -75,6 +86,16 @@ class GeneratorAdapter(ABC):
             self._layer_shapes = {k: tuple(v.shape[1:]) for k, v in ex.get_activations().items()}
         return dict(self._layer_shapes)
 
+    # ---- pixels <-> model space (identity for pixel models; a VAE for latent ones) ----------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], (N, image_channels, image_resolution, image_resolution) → model
+        space (N, channels, resolution, resolution): what extraction and add_noise take."""
+        return images
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space → pixels in [-1, 1]: what images are made from."""
+        return x
+
     # ---- noise ---------------------------------------------------------------------------
     @abstractmethod
     def noise_level_to_native(self, level: float | np.ndarray) -> float | np.ndarray:
@@ -107,8 +128,9 @@ class GeneratorAdapter(ABC):
     def forward_with_cfg(self, x: torch.Tensor, native: float | torch.Tensor, class_labels: torch.Tensor,
                          guidance_scale: float) -> torch.Tensor:
         """Classifier-free guidance in one batched pass: the first half of the batch is
-        conditional, the second half unconditional (hooks see both halves in that order)."""
-        if guidance_scale == 1.0 or self.conditioning_type == "none":
+        conditional, the second half unconditional (hooks see both halves in that order).
+        Without a null class (``supports_cfg`` False) the guidance scale is ignored."""
+        if guidance_scale == 1.0 or self.conditioning_type == "none" or not self.supports_cfg:
             return self.forward(x, native, class_labels)
         b = x.shape[0]
         native = torch.as_tensor(native, dtype=x.dtype, device=x.device).reshape(-1)
@@ -121,6 +143,12 @@ class GeneratorAdapter(ABC):
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    @property
+    def supports_cfg(self) -> bool:
+        """False for a class-conditional model without a null (unconditional) class: there
+        guidance is unavailable and forward_with_cfg runs the conditional pass alone."""
+        return True
 
     @abstractmethod
     def step(self, x: torch.Tensor, denoised: torch.Tensor, native: torch.Tensor, native_next: torch.Tensor,

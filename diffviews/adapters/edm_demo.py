@@ -1,29 +1,24 @@
 """Adapter for the bundled demo family: ``DemoUNet`` wrapped in EDM preconditioning.
 
-Native unit: EDM sigma. Universal noise level is linear in log-sigma between the
-model's sigma_min (0 %) and sigma_max (100 %). Sampling: Karras rho=7 schedule and an
-Euler(-ancestral) step, as in k-diffusion.
+Native unit: EDM sigma. Noise level mapping, schedule and step come from
+SigmaSpaceAdapter (linear in log-sigma; Karras rho=7; Euler(-ancestral), as in k-diffusion).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..demo.unet import DemoUNet, EDMDenoiser, UNetConfig
-from .base import GeneratorAdapter
-
-RHO = 7.0
+from .sigma_space import SigmaSpaceAdapter
 
 
-class EDMDemoAdapter(GeneratorAdapter):
+class EDMDemoAdapter(SigmaSpaceAdapter):
     name = "edm-demo"
     conditioning_type = "class"
     prediction_type = "x0"
@@ -65,47 +60,9 @@ class EDMDemoAdapter(GeneratorAdapter):
     def sigma_max(self) -> float:
         return self.config.sigma_max
 
-    def noise_level_to_native(self, level):
-        _check_level(level)
-        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-        out = np.exp(lo + np.asarray(level, dtype=np.float64) / 100.0 * (hi - lo))
-        return float(out) if np.ndim(out) == 0 else out
-
-    def native_to_noise_level(self, native):
-        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-        sig = np.clip(np.asarray(native, dtype=np.float64), self.sigma_min, self.sigma_max)
-        out = (np.log(sig) - lo) / (hi - lo) * 100.0
-        return float(out) if np.ndim(out) == 0 else out
-
-    def get_timesteps(self, num_steps: int, noise_max: float = 100.0, noise_min: float = 0.0) -> torch.Tensor:
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if not noise_max > noise_min:
-            raise ValueError(f"noise_max ({noise_max}) must be greater than noise_min ({noise_min})")
-        s_max = self.noise_level_to_native(noise_max) ** (1 / RHO)
-        s_min = self.noise_level_to_native(noise_min) ** (1 / RHO)
-        ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-        sigmas = (s_max + ramp * (s_min - s_max)) ** RHO
-        return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
-
-    def add_noise(self, x0, native, noise):
-        sigma = torch.as_tensor(native, dtype=x0.dtype, device=x0.device).reshape(-1, 1, 1, 1)
-        return x0 + sigma * noise
-
     # ---- model ---------------------------------------------------------------------------
     def forward(self, x, native, class_labels):
         return self.model(x, native, class_labels.to(self.device))
-
-    def step(self, x, denoised, native, native_next, noise):
-        sigma = torch.as_tensor(native, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
-        sigma_next = torch.as_tensor(native_next, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
-        if noise is None:  # plain Euler on the probability-flow ODE
-            return denoised + (x - denoised) * (sigma_next / sigma)
-        # Euler-ancestral (eta = 1): step down to sigma_down, then add sigma_up of fresh noise
-        up_sq = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).clamp(min=0)
-        sigma_up = torch.minimum(sigma_next, up_sq.sqrt())
-        sigma_down = (sigma_next**2 - sigma_up**2).clamp(min=0).sqrt()
-        return denoised + (x - denoised) * (sigma_down / sigma) + noise.to(x) * sigma_up
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -138,8 +95,3 @@ class EDMDemoAdapter(GeneratorAdapter):
             "sigma_max": self.sigma_max,
         }
 
-
-def _check_level(level) -> None:
-    arr = np.asarray(level, dtype=np.float64)
-    if np.any(~np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 100):
-        raise ValueError(f"noise level must be within [0, 100] %, got {level}")

@@ -57,7 +57,8 @@ class LocalBackend(Backend):
                 mask_steps=request.mask_steps, noise_max=request.noise_max, noise_min=request.noise_min,
                 guidance_scale=request.guidance_scale, noise_mode=request.noise_mode, seed=request.seed,
                 masks=request.masks or None, extract_layers=request.extract_layers,
-                num_samples=request.num_samples, alpha=request.alpha)
+                num_samples=request.num_samples, alpha=request.alpha, mask_mode=request.mask_mode,
+                noise_window=request.noise_window)
 
     def extract_layer(self, request: ExtractionRequest) -> dict[str, np.ndarray]:
         adapter = self.adapter(request.model)

@@ -38,6 +38,8 @@ class GenerationRequest:
     alpha: float = 1.0
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (1, C, H, W) float32
     extract_layers: list[str] = field(default_factory=list)
+    mask_mode: str = "blend"  # "blend": masks are targets; "add": masks are directions (own + alpha·direction)
+    noise_window: tuple[float, float] | None = None  # active inside [from %, to %]; None: the first mask_steps
 
 
 @dataclass

@@ -18,6 +18,17 @@ import numpy as np
 import torch
 
 
+def primary_output(output):
+    """The tensor a layer's output stands for: ``output[0]`` when a block returns a tuple
+    (diffusers down blocks return ``(hidden, residuals)``), else the output itself."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def replace_primary_output(output, new: torch.Tensor):
+    """``output`` with its primary tensor replaced by ``new``; the rest of a tuple unchanged."""
+    return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+
+
 class _HookContext(ABC):
     """Attaches one forward hook per named layer for the life of a ``with`` block."""
 
@@ -70,7 +81,8 @@ class ActivationExtractor(_HookContext):
 
     def _make_hook(self, name: str) -> Callable:
         def hook(module, inputs, output):
-            out = output.detach() if self.detach else output
+            out = primary_output(output)
+            out = out.detach() if self.detach else out
             self._activations[name] = out
             if self.on_activation is not None:
                 self.on_activation(name, out)
@@ -84,29 +96,47 @@ class ActivationExtractor(_HookContext):
         self._activations.clear()
 
 
-class ActivationMasker(_HookContext):
-    """Replaces each named layer's output with a fixed target while ``enabled``.
+MASK_MODES = ("blend", "add")
+#: allowed strength per mode: blend interpolates towards a target, add scales a signed direction
+ALPHA_RANGES = {"blend": (0.0, 1.0), "add": (-10.0, 10.0)}
 
-    ``masks`` maps layer → (1, C, H, W) or (C, H, W) array/tensor, broadcast over the
-    batch. With blend strength ``alpha`` the output becomes (1 - alpha)·own + alpha·target;
-    alpha = 1 is plain replacement.
+
+def check_alpha(alpha: float, mode: str = "blend") -> float:
+    """``alpha`` as a float, after checking ``mode`` and that alpha lies in the mode's range."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}")
+    lo, hi = ALPHA_RANGES[mode]
+    if isinstance(alpha, bool) or not np.isfinite(float(alpha)) or not lo <= float(alpha) <= hi:
+        raise ValueError(f"{mode} strength alpha must be within [{lo:g}, {hi:g}], got {alpha}")
+    return float(alpha)
+
+
+class ActivationMasker(_HookContext):
+    """Edits each named layer's output with a fixed per-layer array while ``enabled``.
+
+    ``masks`` maps layer → (1, *shape) or shape array/tensor (shape (C, H, W), or
+    (tokens, C) for token-shaped layers), or a flattened (1, D) row, broadcast over the batch.
+    ``mode="blend"``: the arrays are targets and the output becomes
+    (1 - alpha)·own + alpha·target, alpha in [0, 1] (1 is plain replacement).
+    ``mode="add"``: the arrays are directions and the output becomes own + alpha·direction,
+    alpha signed in [-10, 10].
     """
 
-    def __init__(self, adapter, masks: Mapping[str, np.ndarray | torch.Tensor], alpha: float = 1.0):
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"blend strength alpha must be within [0, 1], got {alpha}")
+    def __init__(self, adapter, masks: Mapping[str, np.ndarray | torch.Tensor], alpha: float = 1.0,
+                 mode: str = "blend"):
+        self.alpha = check_alpha(alpha, mode)
+        self.mode = mode
         super().__init__(adapter, masks.keys())
         shapes = adapter.get_layer_shapes()
-        self.alpha = float(alpha)
         self.enabled = True
         self.targets: dict[str, torch.Tensor] = {}
         for name, mask in masks.items():
             t = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not torch.is_tensor(mask) else mask)
             t = t.to(device=adapter.device, dtype=torch.float32)
-            if t.ndim == 3:
-                t = t.unsqueeze(0)
-            if t.ndim == 2 and t.shape[0] == 1:  # a flattened (1, D) row
+            if t.ndim == 2 and t.shape[0] == 1 and t.shape[1] == int(np.prod(shapes[name])):  # a flattened (1, D) row
                 t = t.reshape(1, *shapes[name])
+            elif tuple(t.shape) == tuple(shapes[name]):  # one sample without the batch axis
+                t = t.unsqueeze(0)
             if tuple(t.shape[1:]) != tuple(shapes[name]) or t.shape[0] != 1:
                 raise ValueError(f"mask for layer {name!r} has shape {tuple(t.shape)}; "
                                  f"expected (1, {', '.join(map(str, shapes[name]))})")
@@ -116,10 +146,15 @@ class ActivationMasker(_HookContext):
         def hook(module, inputs, output):
             if not self.enabled:
                 return None
-            target = self.targets[name].to(output.dtype).expand_as(output)
-            if self.alpha >= 1.0:
-                return target.clone()
-            return torch.lerp(output, target, self.alpha)
+            own = primary_output(output)
+            target = self.targets[name].to(own.dtype).expand_as(own)
+            if self.mode == "add":
+                new = own + self.alpha * target
+            elif self.alpha >= 1.0:
+                new = target.clone()
+            else:
+                new = torch.lerp(own, target, self.alpha)
+            return replace_primary_output(output, new)
 
         return hook
 

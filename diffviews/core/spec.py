@@ -16,7 +16,7 @@ NOISE_MODES = ("stochastic", "fixed", "zero")
 
 @dataclass
 class GenerationResult:
-    images: np.ndarray  # (B, H, W, C) uint8, final samples
+    images: np.ndarray  # (B, H, W, C) uint8, final samples (decoded to pixels for latent models)
     denoised: np.ndarray  # (S, B, H, W, C) uint8, denoised estimate at each step
     noised: np.ndarray  # (S, B, H, W, C) uint8, the noised input x at each step
     trajectory: dict[str, np.ndarray]  # layer -> (S, B, D) float32, conditional half only
