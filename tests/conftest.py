@@ -95,3 +95,31 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+# ---- tiny random models of every diffusers family (tests/test_diffusers_adapters.py, ...) -----
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_models(tmp_path_factory) -> dict:
+    """{family: (folder, adapter)} for every key of TINY_FAMILIES."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    import torch
+
+    from diffviews.bench.tiny_diffusers import TINY_FAMILIES, build_tiny_family
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_diffusers")
+    return {family: build_tiny_family(root, family) for family in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_folders(tiny_diffusers_models) -> dict:
+    """{family: saved model folder} (read-only: copy one to change it)."""
+    return {family: folder for family, (folder, _) in tiny_diffusers_models.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_adapters(tiny_diffusers_models) -> dict:
+    """{family: loaded adapter} (shared: do not change their state)."""
+    return {family: adapter for family, (_, adapter) in tiny_diffusers_models.items()}

@@ -24,8 +24,6 @@ from diffviews.core.hooks import ActivationMasker, run_with_cache
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tiny_diffusers import adapters_fixture, folders_fixture, models_fixture  # noqa: E402,F401
-
 PROMPTS = TINY_PROMPTS
 UNET_LAYERS = ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
 #: family → its hookable layers
