@@ -1,6 +1,7 @@
 """Build a model's data folder: samples × noise levels → images, metadata, activations, maps.
 
     build_demo("data")                                  # data/digits/ and data/shapes/
+    model_build.build("data", "google/ddpm-cifar10-32", "cifar", images="my_images")  # any model
     build_model_data("data", "digits", num_samples=200)
     build_layer("data", "digits", "enc_8x8")            # one more layer for a built model
 
@@ -16,7 +17,6 @@ logged to the ``diffviews.data.build`` logger.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +25,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.extraction import extract_activations
-from ..demo import DEMO_MODELS, weights_path
+from ..demo import DEMO_MODELS
 from .activations import delete_activations, list_layers
 from .layers import delete_maps, ensure_layer, expected_rows, layer_source
 from .layout import (
-    PACKAGE_PREFIX,
     DataLayoutError,
     ModelPaths,
     discover_models,
@@ -54,7 +53,7 @@ DEFAULT_NUM_SAMPLES = 1000
 DEMO_ADAPTER = "edm-demo"
 #: config.json keys that decide what the data holds; a config that differs in any of them is rewritten
 BUILD_KEYS = ("adapter", "checkpoint", "noise_levels", "num_samples", "seed", "resolution", "channels",
-              "class_names")
+              "class_names", "class_ids", "prompts", "batch_size", "source", "checkpoint_revision", "dtype")
 
 
 # ---- choosing samples ----------------------------------------------------------------------
@@ -142,62 +141,21 @@ def build_model_data(data_dir: str | Path, model: str, layers: Sequence[str] | N
                      num_samples: int | None = None, noise_levels: Sequence[float] | None = None, seed: int = 0,
                      device: str = "cpu", force: bool = False, progress: bool = True,
                      umap_params: dict | None = None, threads: int | None = None) -> ModelPaths:
-    """Build ``data_dir/<model>/`` for a bundled demo model (see the module docstring).
+    """Build ``data_dir/<model>/`` for a bundled demo model from its bundled dataset: the
+    demo case of ``model_build.build`` (see the module docstring).
 
     ``num_samples`` real images (default 1000, class-stratified, chosen with ``seed``) are
     noised to each of ``noise_levels`` (default: the adapter's) with noise drawn from
     ``seed``; ``layers`` (default: the adapter's default layer) are recorded and mapped
     with ``umap_params`` (UMAPPipeline arguments). ``threads`` limits torch's CPU threads
     during extraction; ``force`` rebuilds every part."""
-    from ..adapters import get_adapter
-    from ..demo.datasets import load_dataset
+    from .model_build import build
 
     if model not in DEMO_MODELS:
         raise ValueError(f"unknown demo model {model!r}; bundled demo models: {', '.join(DEMO_MODELS)}")
-    _check_threads(threads)
-    t_start = time.perf_counter()
-    paths = model_paths(data_dir, model)
-    weights = weights_path(model)
-    if not weights.is_file():
-        raise DataLayoutError(f"bundled weights for {model!r} are missing: expected {weights} "
-                              f"(train them with scripts/train_demo_models.py)")
-    adapter = get_adapter(DEMO_ADAPTER).from_checkpoint(weights, device=device)
-    defaults = adapter.get_default_config()
-    levels = check_noise_levels(defaults["noise_levels"] if noise_levels is None else noise_levels)
-    layers = check_layers(adapter, [defaults["default_layer"]] if layers is None else layers, model)
-    if not layers:
-        raise ValueError("layers must name at least one layer")
-
-    dataset = load_dataset(model)
-    idx = stratified_subset(dataset.labels, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples, seed)
-    if num_samples is not None and len(idx) < num_samples:
-        log.info("[%s] dataset has %d images; using all of them", model, len(idx))
-    images_u8, labels = dataset.images[idx], dataset.labels[idx]
-
-    config = {
-        "adapter": DEMO_ADAPTER,
-        "checkpoint": f"{PACKAGE_PREFIX}demo/weights/{weights.name}",
-        **defaults,
-        "noise_levels": levels,
-        "class_names": list(dataset.class_names),
-        "num_samples": int(len(idx)),
-        "seed": int(seed),
-        "resolution": adapter.resolution,
-        "channels": adapter.channels,
-    }
-    _ensure_config(paths, config, force)
-    _ensure_images(paths, idx, images_u8, force, progress)
-    sigmas = [adapter.noise_level_to_native(v) for v in levels]
-    metadata = make_metadata(idx, labels, dataset.class_names, levels, sigmas,
-                             [paths.image(i).relative_to(paths.root).as_posix() for i in idx])
-    _ensure_metadata(paths, metadata, force)
-
-    source = layer_source(paths, config, metadata)
-    x = images_u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-    for layer in layers:
-        _ensure_layer(paths, adapter, layer, x, labels, source, force, progress, umap_params, threads)
-    log.info("[%s] done in %.1fs: %s", model, time.perf_counter() - t_start, paths.root)
-    return paths
+    return build(data_dir, model, model, layers=layers, num_samples=num_samples, noise_levels=noise_levels,
+                 seed=seed, device=device, force=force, progress=progress, umap_params=umap_params,
+                 threads=threads)
 
 
 def build_demo(data_dir: str | Path, models: Sequence[str] = DEMO_MODELS, **kw) -> dict[str, ModelPaths]:
@@ -208,36 +166,66 @@ def build_demo(data_dir: str | Path, models: Sequence[str] = DEMO_MODELS, **kw) 
     return {m: build_model_data(data_dir, m, **kw) for m in models}
 
 
-def _ensure_config(paths: ModelPaths, config: dict, force: bool) -> None:
+def write_samples_and_layers(paths: ModelPaths, adapter, config: dict, sample_ids: np.ndarray, images_u8: np.ndarray,
+                             labels: np.ndarray, layers: Sequence[str], force: bool = False, progress: bool = True,
+                             umap_params: dict | None = None, threads: int | None = None) -> None:
+    """Write ``images/`` (``images_u8``: (S, H, W, C) uint8), ``metadata.csv`` and each of
+    ``layers`` (activations + 2-D map) for the samples of a model folder whose config.json
+    is ``config``, skipping what is present and valid (the second half of every build)."""
+    levels = [float(v) for v in config["noise_levels"]]
+    if _ensure_images(paths, sample_ids, images_u8, force, progress):
+        _drop_layers(paths)  # an image changed: activations made from the old one are stale
+    sigmas = [adapter.noise_level_to_native(v) for v in levels]
+    metadata = make_metadata(sample_ids, labels, config["class_names"], levels, sigmas,
+                             [paths.image(i).relative_to(paths.root).as_posix() for i in sample_ids])
+    _ensure_metadata(paths, metadata, force)
+    source = layer_source(paths, config, metadata)
+    x = images_u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    for layer in layers:
+        _ensure_layer(paths, adapter, layer, x, labels, source, force, progress, umap_params, threads)
+
+
+def _drop_layers(paths: ModelPaths) -> None:
+    for layer in list_layers(paths):
+        delete_activations(paths, layer)
+        delete_maps(paths, layer)
+
+
+def ensure_config(paths: ModelPaths, config: dict, force: bool) -> bool:
+    """Write ``config`` unless config.json already holds it (in every ``BUILD_KEYS``); True when written."""
     if not force and paths.config.is_file():
         try:
             old = load_config(paths)
         except DataLayoutError as exc:
             log.info("[%s] config.json: invalid (%s), rewriting", paths.name, exc)
         else:
-            changed = [k for k in BUILD_KEYS if old.get(k) != config[k]]
+            changed = [k for k in BUILD_KEYS if old.get(k) != config.get(k)]
             if not changed:
                 log.info("[%s] config.json: up to date, skipped", paths.name)
-                return
+                return False
             log.info("[%s] config.json: %s changed, rewriting", paths.name, ", ".join(changed))
     write_config(paths, config)
+    return True
 
 
 def _ensure_images(paths: ModelPaths, sample_ids: np.ndarray, images: np.ndarray, force: bool,
-                   progress: bool) -> None:
+                   progress: bool) -> bool:
+    """Write the images that are missing or differ; True when an existing image was replaced."""
     paths.images.mkdir(parents=True, exist_ok=True)
     todo = [k for k, sid in enumerate(sample_ids) if force or not _image_matches(paths.image(sid), images[k])]
+    replaced = not force and any(paths.image(sample_ids[k]).exists() for k in todo)
     wanted = {paths.image(sid).name for sid in sample_ids}
     stale = [p for p in paths.images.glob("*.png") if p.name not in wanted]
     for p in stale:
         p.unlink()
     if not todo:
         log.info("[%s] images/: %d PNGs up to date, skipped", paths.name, len(sample_ids))
-        return
+        return False
     for k in tqdm(todo, desc=f"{paths.name}: write images", unit="img", disable=not progress, leave=False):
         write_image(paths.image(sample_ids[k]), images[k])
     log.info("[%s] images/: wrote %d of %d PNGs%s", paths.name, len(todo), len(sample_ids),
              f", removed {len(stale)} unused" if stale else "")
+    return replaced
 
 
 def _image_matches(path: Path, image: np.ndarray) -> bool:
@@ -258,10 +246,7 @@ def _ensure_metadata(paths: ModelPaths, metadata: Metadata, force: bool) -> None
         log.info("[%s] metadata.csv: up to date (%d points), skipped", paths.name, len(metadata))
         return
     if not same:
-        # every layer's activations (and maps) follow the metadata's row order: drop them
-        for layer in list_layers(paths):
-            delete_activations(paths, layer)
-            delete_maps(paths, layer)
+        _drop_layers(paths)  # every layer's activations (and maps) follow the metadata's row order
         if paths.metadata.exists():
             log.info("[%s] metadata.csv: rebuilding (%s)", paths.name, reason)
     write_metadata(paths, metadata)
