@@ -402,8 +402,8 @@ class DiffusersAdapter(SigmaSpaceAdapter):
 
         ``classes``: class names (pixel UNet, DiT) or, for text-conditioned models, the
         prompts that act as classes. ``class_ids`` (keyword): use only these classes of the
-        network, as classes 0..K-1 named ``classes`` (see ``select_classes``). ``scheduler``: overrides the checkpoint's scheduler
-        (object or config dict). ``dtype``: e.g. torch.float16 on CUDA.
+        network, as classes 0..K-1 named ``classes`` (see ``select_classes``). ``scheduler``:
+        overrides the checkpoint's scheduler (object or config dict). ``dtype``: e.g. torch.float16 on CUDA.
         """
         class_ids = kwargs.pop("class_ids", None)
         source = open_source(spec, local_files_only=local_files_only)
