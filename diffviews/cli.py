@@ -215,8 +215,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help=f"measure only these (default: all of {' '.join(SECTIONS)})")
 
 
-@command("bench", "measure map fits, layer switches, callbacks, generation, memory, start-up and scale",
-         _bench_args)
+@command("bench", "measure map fits, layer switches, callbacks, generation, memory, start-up, scale and "
+                  "extraction per model family", _bench_args)
 def bench_cmd(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -267,7 +267,7 @@ def _app_flow(data: Path, name: str) -> None:
     assert md.class_names == config["class_names"] and md.noise_symbol == "σ"
     assert state.layer == config["default_layer"] and len(md.hookable_layers) >= 2
 
-    out = cb.hover(vis, state, json.dumps({"kind": "hover", "points": [{"i": 7, "m": "pts"}]}))
+    out = cb.hover(vis, state, json.dumps({"kind": "hover", "points": [{"i": 4, "m": "pts"}]}))
     assert out["preview_image"].shape == (256, 256, 3) and "σ =" in out["preview_info"]
     state, out = cb.select_point(vis, state, 1)
     _ok(out)
