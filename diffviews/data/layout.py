@@ -191,7 +191,8 @@ def adapter_kwargs(config: dict) -> dict:
 
 def load_adapter(paths: ModelPaths, device: str = "cpu", **kwargs):
     """The model's adapter, loaded from its checkpoint as config.json says (``kwargs`` are
-    passed on to ``from_checkpoint``, e.g. ``dtype``)."""
+    passed on to ``from_checkpoint``, e.g. ``dtype``; on CUDA the default is the ``dtype`` the
+    folder was built with)."""
     from ..adapters import get_adapter
 
     config = load_config(paths)
@@ -199,5 +200,9 @@ def load_adapter(paths: ModelPaths, device: str = "cpu", **kwargs):
         adapter_cls = get_adapter(config["adapter"])
     except KeyError as exc:
         raise DataLayoutError(f"{paths.config}: {exc.args[0]}") from None
+    if config.get("dtype") in ("float16", "bfloat16") and str(device).startswith("cuda"):
+        import torch
+
+        kwargs.setdefault("dtype", getattr(torch, config["dtype"]))  # as built; fp32 on the CPU
     return adapter_cls.from_checkpoint(resolve_checkpoint(paths, config), device=device,
                                        **adapter_kwargs(config), **kwargs)

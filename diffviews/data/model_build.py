@@ -48,7 +48,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..demo import DEMO_MODELS, weights_path
-from .build import (
+from .build_steps import (
     DEFAULT_NUM_SAMPLES,
     DEMO_ADAPTER,
     _check_threads,
