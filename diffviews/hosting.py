@@ -114,8 +114,12 @@ R2_SECRET_ENV = "DIFFVIEWS_MODAL_R2_SECRET"  # name of a Modal secret holding th
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 NVIDIA_INDEX = "https://pypi.nvidia.com"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-#: pyproject extras per image: the worker gets cuML/cupy, the web container the UI, the single one both
-IMAGE_EXTRAS = {"worker": ("gpu", "r2"), "web": ("viz", "r2"), "single": ("viz", "gpu", "r2")}
+#: pyproject extras per image: the worker gets cuML/cupy and diffusers (real models), the web container
+#: the UI (it never loads weights), the single one all of them
+IMAGE_EXTRAS = {"worker": ("gpu", "r2", "diffusers"), "web": ("viz", "r2"), "single": ("viz", "gpu", "r2", "diffusers")}
+#: the Hugging Face cache on the data Volume: Hub weights a data folder names (``hub:<id>`` in its
+#: config.json) are downloaded once by a GPU container and reused by the next ones
+HF_CACHE_DIR = f"{MODAL_DATA_DIR}/.hf-cache"
 
 
 def modal_image(kind: str):
@@ -129,7 +133,7 @@ def modal_image(kind: str):
         image = image.pip_install("torch>=2.2,<3", index_url=TORCH_CPU_INDEX)
     image = image.pip_install_from_pyproject(str(PYPROJECT), optional_dependencies=list(IMAGE_EXTRAS[kind]),
                                              extra_index_url=NVIDIA_INDEX)
-    return (image.env({DATA_DIR_ENV: MODAL_DATA_DIR})
+    return (image.env({DATA_DIR_ENV: MODAL_DATA_DIR, "HF_HOME": HF_CACHE_DIR})
             .add_local_python_source("diffviews", ignore=["**/*.pyc"]))  # .py files and the demo weights
 
 

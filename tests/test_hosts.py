@@ -116,7 +116,7 @@ def test_spaces_app_launches_and_generates_once(tiny_data_dir):
 
 
 def test_spaces_requirements_and_readme_header_match_the_package():
-    """requirements.txt = pyproject's dependencies + the viz, r2 and spaces extras; the README
+    """requirements.txt = pyproject's dependencies + the viz, r2, spaces and diffusers extras; the README
     header (docs/space-readme-header.md) is valid Spaces front matter for app.py."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     import yaml
@@ -124,7 +124,7 @@ def test_spaces_requirements_and_readme_header_match_the_package():
     from packaging.version import Version
 
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    declared = project["dependencies"] + [p for extra in ("viz", "r2", "spaces")
+    declared = project["dependencies"] + [p for extra in ("viz", "r2", "spaces", "diffusers")
                                           for p in project["optional-dependencies"][extra]]
     lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
     listed = [line for line in lines if line and not line.startswith("#")]

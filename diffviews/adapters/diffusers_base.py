@@ -243,6 +243,7 @@ class DiffusersAdapter(SigmaSpaceAdapter):
         #: returns the preconditioned denoised estimate, so ``prediction_type`` stays "x0"
         self.network_prediction = getattr(preconditioning, "prediction_type", "x0")
         self._resolution = square_size(self.net.config.sample_size, type(net).__name__)
+        self._class_ids: torch.Tensor | None = None
         self._class_names = list(class_names) if class_names else None
         if self._class_names is not None and len(self._class_names) != self.num_classes:
             raise ValueError(f"{len(self._class_names)} class names given for a model with {self.num_classes} "
@@ -263,8 +264,42 @@ class DiffusersAdapter(SigmaSpaceAdapter):
         return next(self.net.parameters()).dtype
 
     @property
+    def model_num_classes(self) -> int:
+        """The classes of the network itself (its class ids 0..model_num_classes-1)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_ids) - 1 if self._class_ids is not None else self.model_num_classes
+
+    @property
     def class_names(self) -> list[str]:
         return list(self._class_names) if self._class_names else super().class_names
+
+    def select_classes(self, class_ids: list[int], class_names: list[str] | None = None) -> None:
+        """Make the network's classes ``class_ids`` this adapter's classes 0..K-1 (named
+        ``class_names``, default: the ids), e.g. 3 of ImageNet's 1000 for a data folder of 3
+        classes; the null class K stands for the network's own null class. An unconditional
+        network ignores its labels: its ids are all 0 and the names are just groups."""
+        ids = [int(i) for i in class_ids]
+        model_n = self.model_num_classes
+        bad = [i for i in ids if not 0 <= i < model_n]
+        if not ids or bad:
+            raise ValueError(f"class ids {bad or ids} out of range: the model has classes 0..{model_n - 1}")
+        if class_names is not None and len(class_names) != len(ids):
+            raise ValueError(f"{len(class_names)} class names for {len(ids)} class ids")
+        self._class_ids = torch.tensor([*ids, model_n], dtype=torch.long)
+        self._class_names = [str(n) for n in class_names] if class_names else [str(i) for i in ids]
+
+    def model_labels(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """This adapter's class labels (and null class) as the network's own class ids."""
+        labels = class_labels.to(self.device)
+        if self._class_ids is None:
+            return labels
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(f"class label out of range: classes are 0..{self.num_classes - 1} "
+                             f"(null class {self.num_classes})")
+        return self._class_ids.to(self.device)[labels]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -311,7 +346,7 @@ class DiffusersAdapter(SigmaSpaceAdapter):
     def forward(self, x, native, class_labels):
         sigma = torch.as_tensor(native, dtype=torch.float64, device=x.device).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        labels = class_labels.to(self.device)
+        labels = self.model_labels(class_labels)
 
         def net(x_in, t):
             out = self._call_net(x_in.to(self.dtype), t, labels)
@@ -366,14 +401,20 @@ class DiffusersAdapter(SigmaSpaceAdapter):
         """Load from a Hub id or a local folder (safetensors only).
 
         ``classes``: class names (pixel UNet, DiT) or, for text-conditioned models, the
-        prompts that act as classes. ``scheduler``: overrides the checkpoint's scheduler
-        (object or config dict). ``dtype``: e.g. torch.float16 on CUDA.
+        prompts that act as classes. ``class_ids`` (keyword): use only these classes of the
+        network, as classes 0..K-1 named ``classes`` (see ``select_classes``). ``scheduler``:
+        overrides the checkpoint's scheduler (object or config dict). ``dtype``: e.g. torch.float16 on CUDA.
         """
+        class_ids = kwargs.pop("class_ids", None)
         source = open_source(spec, local_files_only=local_files_only)
         sched = load_scheduler(source, scheduler)
         common = {"preconditioning": preconditioning_from_scheduler(sched), "device": device, "spec": str(spec),
                   "scheduler_name": type(sched).__name__}
-        return cls._load(source, dtype, classes, common, **kwargs)
+        if class_ids is None:
+            return cls._load(source, dtype, classes, common, **kwargs)
+        adapter = cls._load(source, dtype, None, common, **kwargs)
+        adapter.select_classes(class_ids, classes)
+        return adapter
 
     @classmethod
     def _load(cls, source: ModelSource, dtype: torch.dtype | None, classes: list[str] | None, common: dict,

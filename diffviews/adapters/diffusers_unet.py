@@ -46,7 +46,7 @@ class DiffusersUNetAdapter(DiffusersAdapter):
         super().__init__(unet, preconditioning, device, None, class_names, spec, scheduler_name)
 
     @property
-    def num_classes(self) -> int:
+    def model_num_classes(self) -> int:
         return self._num_class_embeds or 1
 
     @property

@@ -35,7 +35,7 @@ class DiTAdapter(DiffusersAdapter):
         super().__init__(transformer, preconditioning, device, vae, class_names, spec, scheduler_name)
 
     @property
-    def num_classes(self) -> int:
+    def model_num_classes(self) -> int:
         return self._num_classes
 
     @property

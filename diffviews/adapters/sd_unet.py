@@ -53,7 +53,7 @@ class SDUNetAdapter(DiffusersAdapter):
         return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
 
     @property
-    def num_classes(self) -> int:
+    def model_num_classes(self) -> int:
         return len(self.prompts)
 
     @property

@@ -61,6 +61,28 @@ def measure(num_images: int = 256, batch_size: int = 64, device: str = "cpu", re
         return out
 
 
+def section(quick: bool) -> dict:
+    """The bench runner's ``extraction`` section: points/s per family on the CPU (1 torch thread,
+    as a build with ``--threads 1``) and on CUDA when a GPU is present; skipped without diffusers."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("transformers") is None:
+        return {"skipped": "the diffusers extra is not installed (pip install 'diffviews[diffusers]')"}
+    num_images, repeats = (32, 1) if quick else (256, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {"points": num_images * len(NOISE_LEVELS), "noise_levels": list(NOISE_LEVELS),
+               "cpu_points_per_s": measure(num_images, repeats=repeats, device="cpu")}
+    finally:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        out["cuda_points_per_s"] = measure(num_images, repeats=repeats, device="cuda")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")

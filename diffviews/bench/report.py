@@ -11,7 +11,8 @@ REQUIRED_KEYS = (
     "map_fit.ours_warm_s", "layer_switch.miss_s", "layer_switch.hit_s",
     "callbacks.hover.p95_ms", "callbacks.click.p95_ms", "callbacks.knn.p95_ms", "callbacks.class_filter.p95_ms",
     "callbacks.figure.bytes_per_point", "generation.s", "generation.no_mask_s", "memory.rss_growth_pct",
-    "startup.first_page_s", "scale", "cuml", "environment.machine", "environment.versions", "environment.backend",
+    "startup.first_page_s", "scale", "cuml", "extraction", "environment.machine", "environment.versions",
+    "environment.backend",
 )
 
 
@@ -175,6 +176,16 @@ def _main_rows(r: dict) -> list[tuple[str, str]]:
                      f"{_ratio(cu['umap_learn_warm_s'], cu['cuml_warm_s'])}"))
     else:
         rows.append(("cuML vs umap-learn", _problem(r, "cuml")))
+    if _problem(r, "extraction") is None:
+        ex = r["extraction"]
+        for device in ("cpu", "cuda"):
+            pps = ex.get(f"{device}_points_per_s")
+            if pps:
+                rows.append((f"Extraction throughput per family, tiny random models, {device.upper()}"
+                             + (" (1 thread)" if device == "cpu" else ""),
+                             " · ".join(f"{family} {v:,.0f} points/s" for family, v in pps.items())))
+    else:
+        rows.append(("Extraction per family", _problem(r, "extraction")))
     return rows
 
 

@@ -21,7 +21,8 @@ from .environment import describe, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("map_fit", "cuml", "startup", "memory", "layer_switch", "callbacks", "generation", "scale")
+SECTIONS = ("map_fit", "cuml", "startup", "memory", "layer_switch", "callbacks", "generation", "scale",
+            "extraction")
 FULL_SCALE = (10_000, 100_000, 1_000_000)
 QUICK_SCALE = (10_000,)
 #: clicks timed per synthetic size (fewer on the big maps: each click sends the whole figure)
@@ -105,7 +106,7 @@ def prepare(options: BenchOptions, root: Path) -> Workspace:
 
 
 def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], dict]]:
-    from . import callbacks, cuml_fit, generation, layer_switch, map_fit, memory, scale, startup
+    from . import callbacks, cuml_fit, extraction_families, generation, layer_switch, map_fit, memory, scale, startup
 
     def cuml() -> dict:
         import numpy as np
@@ -122,6 +123,7 @@ def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], di
         "callbacks": lambda: callbacks.measure(ws.data_dir, ws.model, options.calls),
         "generation": lambda: generation.measure(ws.data_dir, ws.model, options.repeats),
         "scale": lambda: scale.measure(ws.data_dir, ws.model, options.scale_sizes, clicks),
+        "extraction": lambda: extraction_families.section(options.quick),
     }
 
 

@@ -3,6 +3,9 @@
 Point order is noise-level-major: point ``j * N + i`` is sample ``i`` at
 ``noise_levels[j]``. Noise is drawn from one seeded generator, so the same inputs give
 the same activations; each image really is noised (x + sigma * eps) before the forward.
+Latent models take pixel images (what a data folder holds) and encode them with their VAE
+first (``adapter.encode``, deterministic), batch by batch; arrays already in the model's
+space are used as they are.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from .hooks import ActivationExtractor
 def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_levels: Sequence[float],
                         layers: Sequence[str], seed: int = 0, batch_size: int = 256,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """``images`` (N, C, H, W) float32 in the model's range → {layer: (len(levels) * N, D) float32}."""
+    """``images`` (N, C, H, W) float32 in the model's range → {layer: (len(levels) * N, D) float32}.
+    For a latent model ``images`` may be pixels in [-1, 1] (N, image_channels, image_resolution,
+    image_resolution): they are encoded first."""
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
-    if images.ndim != 4 or images.shape[1:] != (adapter.channels, adapter.resolution, adapter.resolution):
-        raise ValueError(f"images have shape {images.shape}; expected (N, {adapter.channels}, "
-                         f"{adapter.resolution}, {adapter.resolution})")
+    model_space = (adapter.channels, adapter.resolution, adapter.resolution)
+    pixel_space = (adapter.image_channels, adapter.image_resolution, adapter.image_resolution)
+    encode = images.ndim == 4 and images.shape[1:] == pixel_space != model_space
+    if images.ndim != 4 or not (encode or images.shape[1:] == model_space):
+        also = "" if pixel_space == model_space else f" or pixels (N, {', '.join(map(str, pixel_space))})"
+        raise ValueError(f"images have shape {images.shape}; expected (N, {', '.join(map(str, model_space))})"
+                         f"{also}")
     if len(labels) != len(images):
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
     n, layers = len(images), list(layers)
@@ -33,6 +42,9 @@ def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_l
            for layer in layers}
     gen = torch.Generator().manual_seed(int(seed))
     total, done = len(noise_levels) * n, 0
+    if encode:  # once, not at every noise level
+        images = np.concatenate([adapter.encode(torch.from_numpy(images[s:s + batch_size]).to(adapter.device))
+                                 .float().cpu().numpy() for s in range(0, n, batch_size)])
     with ActivationExtractor(adapter, layers) as ex:
         for j, level in enumerate(noise_levels):
             sigma = adapter.noise_level_to_native(float(level))

@@ -40,8 +40,8 @@ from .metadata import Metadata
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXTRACT_BATCH", "LayerState", "layer_source", "expected_rows", "checkpoint_sha256", "source_mismatch",
-           "check_layer_files", "layer_state", "ensure_layer", "delete_maps", "Extract", "Fit"]
+__all__ = ["EXTRACT_BATCH", "LayerState", "layer_source", "expected_rows", "checkpoint_sha256", "checkpoint_identity",
+           "source_mismatch", "check_layer_files", "layer_state", "ensure_layer", "delete_maps", "Extract", "Fit"]
 
 #: extraction batch size; part of a layer's source because the noise drawn per batch depends on
 #: it (same batch size → same noise for every layer)
@@ -90,10 +90,19 @@ def layer_source(paths: ModelPaths, config: dict, metadata: Metadata) -> dict:
         "noise_levels": [float(v) for v in config["noise_levels"]],
         "seed": int(config.get("seed", 0)),
         "num_samples": metadata.num_samples,
-        "batch_size": EXTRACT_BATCH,
+        "batch_size": int(config.get("batch_size", EXTRACT_BATCH)),
         "checkpoint": config["checkpoint"],
-        "checkpoint_sha256": checkpoint_sha256(resolve_checkpoint(paths, config)),
+        "checkpoint_sha256": checkpoint_identity(paths, config),
     }
+
+
+def checkpoint_identity(paths: ModelPaths, config: dict) -> str:
+    """What identifies the weights: the SHA-256 of a local checkpoint (file or folder), or for a
+    Hub model the revision recorded at build time (its weights are never read on this side)."""
+    ref = resolve_checkpoint(paths, config)
+    if isinstance(ref, str):
+        return f"hub:{ref}@{config.get('checkpoint_revision') or 'unknown'}"
+    return checkpoint_sha256(ref)
 
 
 def expected_rows(source: dict) -> int:

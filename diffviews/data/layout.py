@@ -6,9 +6,14 @@
     <data_dir>/<model>/activations/<layer>.npy     (N, D) float32, + <layer>.json sidecar
     <data_dir>/<model>/embeddings/<layer>.csv      2-D map, + <layer>.json (params, backend)
 
-``checkpoint`` in config.json is either ``package:<path>`` (relative to the installed
-``diffviews`` package, used by the bundled demo) or a path relative to the model folder
-(an absolute path also works).
+``checkpoint`` in config.json is ``package:<path>`` (relative to the installed
+``diffviews`` package, used by the bundled demo), ``hub:<owner>/<name>`` (a Hugging Face
+Hub model, downloaded by whoever loads the weights: only the backend does), or a path
+(a weights file or a model folder) relative to the model folder (an absolute path also
+works). For a Hub model, ``checkpoint_revision`` records the commit it was built from
+when it was known at build time. ``load_adapter`` passes the folder's classes on to the
+adapter: ``prompts`` (text-conditioned models) and ``class_ids`` (the model's own class
+ids of the folder's classes 0..K-1, when they are a subset of the model's classes).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import diffviews
 
 PACKAGE_PREFIX = "package:"
+HUB_PREFIX = "hub:"
 REQUIRED_CONFIG_KEYS = {
     "adapter": str,
     "checkpoint": str,
@@ -141,19 +147,52 @@ def write_config(paths: ModelPaths, config: dict) -> None:
     tmp.replace(paths.config)
 
 
-def resolve_checkpoint(paths: ModelPaths, config: dict) -> Path:
+def resolve_checkpoint(paths: ModelPaths, config: dict) -> Path | str:
+    """The weights config.json names: a local file or folder (a ``Path``, which must exist)
+    or, for ``hub:<id>``, the Hub id as a string (nothing is downloaded here)."""
     ref = config["checkpoint"]
+    if ref.startswith(HUB_PREFIX):
+        hub_id = ref[len(HUB_PREFIX):]
+        if hub_id.count("/") != 1 or hub_id.startswith("/") or hub_id.endswith("/"):
+            raise DataLayoutError(f"{paths.config}: checkpoint {ref!r} is not a Hub id of the form hub:owner/name")
+        return hub_id
     if ref.startswith(PACKAGE_PREFIX):
         path = Path(diffviews.__file__).parent / ref[len(PACKAGE_PREFIX):]
     else:
         path = Path(ref) if Path(ref).is_absolute() else paths.root / ref
-    if not path.is_file():
+    if not path.exists():
         raise DataLayoutError(f"checkpoint {ref!r} from {paths.config} not found at {path}")
     return path
 
 
-def load_adapter(paths: ModelPaths, device: str = "cpu"):
-    """The model's adapter, loaded from its checkpoint as config.json says."""
+def checkpoint_ref(spec: str | Path, root: Path) -> str:
+    """config.json's ``checkpoint`` for a model spec: ``hub:<id>`` for a Hub id, else the
+    folder or file (relative to the model folder ``root`` when inside it, else absolute)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return f"{HUB_PREFIX}{spec}"
+    path = path.resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def adapter_kwargs(config: dict) -> dict:
+    """Keyword arguments ``from_checkpoint`` takes from config.json (see the module docstring)."""
+    kwargs = {}
+    if config.get("prompts"):
+        kwargs["classes"] = list(config["prompts"])
+    if config.get("class_ids") is not None:
+        kwargs["class_ids"] = [int(i) for i in config["class_ids"]]
+        kwargs["classes"] = list(config.get("class_names") or [])
+    return kwargs
+
+
+def load_adapter(paths: ModelPaths, device: str = "cpu", **kwargs):
+    """The model's adapter, loaded from its checkpoint as config.json says (``kwargs`` are
+    passed on to ``from_checkpoint``, e.g. ``dtype``; on CUDA the default is the ``dtype`` the
+    folder was built with)."""
     from ..adapters import get_adapter
 
     config = load_config(paths)
@@ -161,4 +200,9 @@ def load_adapter(paths: ModelPaths, device: str = "cpu"):
         adapter_cls = get_adapter(config["adapter"])
     except KeyError as exc:
         raise DataLayoutError(f"{paths.config}: {exc.args[0]}") from None
-    return adapter_cls.from_checkpoint(resolve_checkpoint(paths, config), device=device)
+    if config.get("dtype") in ("float16", "bfloat16") and str(device).startswith("cuda"):
+        import torch
+
+        kwargs.setdefault("dtype", getattr(torch, config["dtype"]))  # as built; fp32 on the CPU
+    return adapter_cls.from_checkpoint(resolve_checkpoint(paths, config), device=device,
+                                       **adapter_kwargs(config), **kwargs)

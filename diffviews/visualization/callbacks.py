@@ -231,7 +231,8 @@ def _generation(vis: GradioVisualizer, state: Session) -> dict:
         return {"trajectory_dropdown": gr.update(choices=choices, value=None), "generated_image": None,
                 "steps_gallery": [], "frame_image": None, "frame_info": ""}
     r = rec.result
-    steps = [(rec.step_image(s, 0), f"step {s + 1} · {r.noise_levels[s]:.0f}% · σ={r.sigmas[s]:.3g}")
+    unit = vis.model(rec.model).noise_symbol
+    steps = [(rec.step_image(s, 0), f"step {s + 1} · {r.noise_levels[s]:.0f}% · {unit}={r.sigmas[s]:.3g}")
              for s in range(rec.num_steps)]
     out = {"trajectory_dropdown": gr.update(choices=choices, value=rec.id), "generated_image": rec.final_image(),
            "steps_gallery": steps}
@@ -242,9 +243,10 @@ def _generation(vis: GradioVisualizer, state: Session) -> dict:
 def _frame(vis, state: Session, rec) -> dict:
     s = rec.num_steps - 1 if state.frame is None else state.frame
     r = rec.result
+    unit = vis.model(rec.model).noise_symbol
     return {"frame_image": rec.frame_image(s),
             "frame_info": f"step **{s + 1}/{rec.num_steps}** · noise {r.noise_levels[s]:.1f} % · "
-                          f"σ = {r.sigmas[s]:.4g} · denoised estimate (inset: noised input)"}
+                          f"{unit} = {r.sigmas[s]:.4g} · denoised estimate (inset: noised input)"}
 
 
 def _active_record(vis, state: Session):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.protocol import GenerationResult
-from .models import upscale
+from .models import resize_to, upscale
 
 __all__ = ["GenerationRecord", "GenerationStore", "inset", "tile"]
 
@@ -95,7 +95,7 @@ class GenerationStore:
 def inset(main: np.ndarray, small: np.ndarray, size: int = 192) -> np.ndarray:
     """``main`` upscaled to about ``size`` px with ``small`` (a third of the side) in the bottom-right corner."""
     big = upscale(main, size).copy()
-    little = upscale(small, max(1, big.shape[0] // 3))
+    little = resize_to(small, max(1, big.shape[0] // 3))
     h, w = little.shape[:2]
     big[-h - 2:, -w - 2:] = 255  # white frame
     big[-h - 1:-1, -w - 1:-1] = little[: h, : w]

@@ -39,8 +39,6 @@ from .visualizer import GradioVisualizer
 CUSTOM_CSS = """
 #hover-bridge, #plot-bridge { display: none !important; }
 #umap-plot { min-height: 640px; }
-#preview-image img, #selected-image img, #generated-image img, #frame-image img,
-#neighbor-gallery img, #steps-gallery img { image-rendering: pixelated; }
 #status { min-height: 2.6em; padding: 4px 8px; border-radius: 6px; background: var(--background-fill-secondary); }
 #preview-info, #selected-info, #frame-info { font-size: 0.9em; }
 #frame-nav { align-items: center; }

@@ -26,15 +26,45 @@ from ..data.metadata import Metadata, load_metadata, read_image
 log = logging.getLogger(__name__)
 
 VIEWS = ("2-D", "3-D")
-#: preview images are upscaled (nearest neighbour) to at least this many pixels a side
-PREVIEW_PIXELS = 160
+#: preview images are upscaled to at least this many pixels a side (bigger images are left as they are)
+PREVIEW_PIXELS = 256
+#: images up to this side are upscaled by whole factors with nearest neighbour (crisp pixels);
+#: bigger ones are resampled smoothly (bicubic), so no image is shown as blocks of pixels
+CRISP_MAX = 64
+#: native noise unit in config.json → the symbol shown
+NOISE_SYMBOLS = {"sigma": "σ", "t": "t"}
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def resize_to(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) uint8 → (size, size·W/H, 3) uint8: nearest neighbour for a whole-factor
+    enlargement of a small image, else Lanczos (shrinking) or bicubic (enlarging)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    image = _rgb(np.asarray(image, dtype=np.uint8))
+    if size == h:
+        return image
+    if size > h and size % h == 0 and h <= CRISP_MAX:
+        f = size // h
+        return np.repeat(np.repeat(image, f, axis=0), f, axis=1)
+    new_w = max(1, round(w * size / h))
+    resample = Image.Resampling.LANCZOS if size < h else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize((new_w, size), resample))
 
 
 def upscale(image: np.ndarray, min_size: int = PREVIEW_PIXELS) -> np.ndarray:
-    """(H, W, C) uint8 → nearest-neighbour upscaled (H*f, W*f, C or 3) uint8, f = ceil(min_size / H)."""
-    f = max(1, -(-min_size // max(image.shape[0], 1)))
-    out = np.repeat(np.repeat(image, f, axis=0), f, axis=1)
-    return np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out
+    """(H, W, C) uint8 → RGB at least ``min_size`` pixels high: small images (≤ CRISP_MAX)
+    by a whole nearest-neighbour factor, medium ones resampled smoothly, big ones unchanged."""
+    h = max(image.shape[0], 1)
+    if h >= min_size:
+        return _rgb(image)
+    if h <= CRISP_MAX:
+        return resize_to(image, h * -(-min_size // h))
+    return resize_to(image, min_size)
 
 
 @dataclass(eq=False)
@@ -124,6 +154,12 @@ class ModelData:
     @property
     def default_layer(self) -> str:
         return str(self.config["default_layer"])
+
+    @property
+    def noise_symbol(self) -> str:
+        """The model's native noise unit as shown (σ, t), from config.json (default σ)."""
+        name = str(self.config.get("native_noise_name", "sigma"))
+        return NOISE_SYMBOLS.get(name, name)
 
     @classmethod
     def load(cls, data_dir: str | Path, name: str,

@@ -70,7 +70,7 @@ class GradioVisualizer(LayerAccess):
         m = md.metadata
         ld = self.layer(model, layer)
         xyz = ld.coords(view)[index] if view == "2-D" or ld.aligned is not None else ld.embedding[index]
-        noise_name = md.config.get("native_noise_name", "σ")
+        noise_name = md.noise_symbol
         coords = ", ".join(f"{v:.3f}" for v in xyz)
         name = md.class_name(int(m.class_label[index]))
         return (f"**#{index}** · sample {int(m.sample_id[index])} · class **{name}**"
@@ -82,8 +82,10 @@ class GradioVisualizer(LayerAccess):
 
     def trajectory_preview(self, rec: GenerationRecord, sample: int, step: int) -> tuple[np.ndarray, str]:
         r = rec.result
+        unit = self.model(rec.model).noise_symbol
         info = (f"**generation {rec.id[:6]}** · sample {sample} · step **{step + 1}/{rec.num_steps}** · "
-                f"class {rec.class_name}  \nnoise {float(r.noise_levels[step]):.1f} % · σ = {float(r.sigmas[step]):.4g}"
+                f"class {rec.class_name}  \nnoise {float(r.noise_levels[step]):.1f} % · "
+                f"{unit} = {float(r.sigmas[step]):.4g}"
                 f" (denoised estimate; inset: noised input)")
         return rec.step_image(step, sample), info
 
