@@ -240,3 +240,38 @@ def test_a_training_samples_own_noising_is_never_flagged(vis):
         rec = GenerationRecord(f"real{sample}", "digits", "mid", int(m.class_label[rows[0]]), "x", [], result)
         flags = _flags(vis, rec)
         assert not flags["extrapolated"].any(), flags["reason"]
+
+
+# ---- quality (slow): the landing report against the demo classifier ------------------------------
+
+@pytest.mark.slow
+def test_landing_class_agrees_with_the_demo_classifier(tmp_path):
+    """On a 300-sample digits map at the demo's levels (85–40 %), the landed class (vote at the
+    landing step: the last step still inside the map's levels) matches the classifier's reading
+    of the final image on ≥ 80 % of generations, plain and steered towards another class."""
+    from demo_classifier import features, fit_classifier
+
+    from diffviews.data.build import build_model_data
+    from diffviews.visualization import interventions as iv
+
+    build_model_data(tmp_path, "digits", num_samples=300, seed=0, progress=False, threads=1)
+    vis = GradioVisualizer(tmp_path, backend=LocalBackend(tmp_path, device="cpu"))
+    md = vis.model("digits")
+    _, clf, _ = fit_classifier("digits")
+    agree = total = steered_away = 0
+    for label in range(10):
+        other = (label + 3) % 10
+        target = np.flatnonzero((md.metadata.class_label == other) & (md.level_rank >= 1))[:30].tolist()
+        masks = iv.intervention_masks(vis, "digits", ["mid"], target, "blend")
+        for kw in ({}, {"masks": masks, "noise_window": (50.0, 100.0)}):
+            rec = vis.generate("digits", "mid", label, target if kw else [], num_steps=20, mask_steps=0, alpha=1.0,
+                               guidance_scale=1.0, noise_max=100.0, noise_min=0.0, noise_mode="stochastic",
+                               seed=label, num_samples=4, **kw)
+            seen = clf.predict(features(rec.result.images))
+            landed = iv.landing(vis, rec, target).landed
+            agree += int(np.sum(landed == seen))
+            total += len(seen)
+            steered_away += int(np.sum(seen == other)) if kw else 0
+    print(f"\nlanding class = classifier on {agree}/{total} generations; {steered_away}/40 steered to another class")
+    assert steered_away >= 20, "the steered half did not change class: the test would only check plain samples"
+    assert agree / total >= 0.8, f"landing class agreed with the classifier on {agree}/{total}"

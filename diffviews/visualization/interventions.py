@@ -88,13 +88,30 @@ def intervention_masks(vis: GradioVisualizer, model: str, layers: Sequence[str],
     return compute_direction_dict(acts, list(set_a), None if set_b is None else list(set_b), shapes)
 
 
-def landing_step(step_levels: np.ndarray, map_levels: Sequence[float]) -> int:
-    """The trajectory step whose position decides where a generation landed: the last step
-    whose noise level is still at or above the map's lowest level (the map holds no data
-    below it, so later steps are extrapolated); the final step when every step is above it."""
+def landing_step(step_levels: np.ndarray, map_levels: Sequence[float], steered: Sequence[bool] | None = None) -> int:
+    """The trajectory step whose map position decides where a generation landed.
+
+    Not a step where the intervention held the map's own layer (its activation there is the
+    intervention's, not the image's: ``steered``), and preferably the last one still at or above
+    the map's lowest noise level (below it the map holds no data, so positions are extrapolated);
+    else the free step nearest that level; the final step when every step was steered."""
     levels = np.asarray(step_levels, dtype=np.float64)
-    inside = np.flatnonzero(levels >= min(map_levels) - 0.5)
-    return int(inside[-1]) if inside.size else len(levels) - 1
+    free = np.ones(len(levels), dtype=bool) if steered is None else ~np.asarray(steered, dtype=bool)[:len(levels)]
+    if not free.any():
+        return len(levels) - 1
+    lowest = float(min(map_levels))
+    inside = np.flatnonzero(free & (levels >= lowest - 0.5))
+    if inside.size:
+        return int(inside[-1])
+    candidates = np.flatnonzero(free)
+    return int(candidates[np.argmin(np.abs(levels[candidates] - lowest))])
+
+
+def _landing_step_of(md, rec: GenerationRecord) -> int:
+    p = rec.result.params
+    schedule = p.get("mask_schedule") or []
+    steered = [bool(on) and rec.layer in (p.get("masked_layers") or []) for on in schedule] or None
+    return landing_step(rec.result.noise_levels[:rec.num_steps], md.noise_levels, steered)
 
 
 def landing(vis: GradioVisualizer, rec: GenerationRecord, set_a: Sequence[int] = ()) -> LandingReport:
@@ -102,7 +119,7 @@ def landing(vis: GradioVisualizer, rec: GenerationRecord, set_a: Sequence[int] =
     ``rec`` at its ``landing_step``, and its distance to set A's centroid (travelled since step 1)."""
     md, ld = vis.model(rec.model), vis.layer(rec.model, rec.layer)
     coords = vis.trajectory_coords(rec, "2-D")
-    step = landing_step(rec.result.noise_levels[:rec.num_steps], md.noise_levels)
+    step = _landing_step_of(md, rec)
     return landing_report(coords[step], ld.embedding, md.metadata.class_label, md.metadata.noise_level,
                           k=LANDING_K, set_a=list(set_a) or None, start_coords=coords[0] if set_a else None)
 
@@ -110,7 +127,7 @@ def landing(vis: GradioVisualizer, rec: GenerationRecord, set_a: Sequence[int] =
 def landing_text(vis: GradioVisualizer, rec: GenerationRecord, report: LandingReport) -> str:
     """One line for the status: where each sample landed, and how far it moved towards set A."""
     md = vis.model(rec.model)
-    step = landing_step(rec.result.noise_levels[:rec.num_steps], md.noise_levels)
+    step = _landing_step_of(md, rec)
     names = [f"**{md.class_name(int(c))}** ({share:.0%})" for c, share in zip(report.landed, report.vote_share)]
     text = (f"Landed (vote of {report.k} nearest map points at {report.level:g} % noise, step {step + 1}): "
             f"{', '.join(names)}")
