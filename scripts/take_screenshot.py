@@ -82,7 +82,7 @@ def drive(url: str, out: Path, point: int, k: int, steps: int, seed: int, width:
             page.locator("#knn-button").click()
             page.wait_for_function(f"() => document.querySelectorAll('#neighbor-gallery img').length === {k}")
             set_number("gen-steps", steps)
-            set_number("gen-mask-steps", max(1, steps // 2))
+            set_number("window-from", 50)
             set_number("gen-seed", seed)
             page.locator("#generate-button").click()
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('Generated')",

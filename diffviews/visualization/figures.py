@@ -127,9 +127,12 @@ def _layout(md: ModelData, ld: LayerData, view: str) -> dict:
 def _quality_subtitle(ld: LayerData) -> str:
     """A second, small title line with the 2-D map's neighbourhood quality ('' when unknown)."""
     quality = ld.embedding_meta.get("quality")
-    if not isinstance(quality, dict) or "summary" not in quality:
+    if not isinstance(quality, dict) or "knn_preservation" not in quality:
         return ""
-    return f"<br><sup>map quality: {quality['summary']}</sup>"
+    q = quality
+    return (f"<br><sup>map quality: {q['k']}-NN kept {q['knn_preservation']:.2f} (random map "
+            f"{q['knn_chance']:.2g}) · trustworthiness {q['trustworthiness']:.2f}: how much of each point's "
+            f"neighbourhood in the layer the map keeps (1 = all)</sup>")
 
 
 def _set_b_ring(coords: np.ndarray, rows: Sequence[int], view: str) -> dict | None:
