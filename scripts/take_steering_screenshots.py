@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
-        drive(f"http://127.0.0.1:{port}/", Path(args.out_dir), a, b, args.b_class, args.k, args.steps, args.values, args.width)
+        drive(f"http://127.0.0.1:{port}/", Path(args.out_dir), a, b, args.b_class, args.k, args.steps, args.values,
+              args.width)
     finally:
         demo.close()
     return 0

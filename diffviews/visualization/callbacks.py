@@ -23,7 +23,7 @@ import numpy as np
 from ..backends.protocol import NOISE_MODES, BackendUnavailable
 from ..data.layout import DataLayoutError
 from .figures import Overlays
-from .honesty import trajectory_flags
+from .honesty import step_note, trajectory_flags
 from .models import VIEWS
 from .visualizer import GradioVisualizer
 
@@ -275,7 +275,7 @@ def hover(vis: GradioVisualizer, state: Session | None, payload) -> dict:
         if meta and meta.startswith("traj:"):
             rec, sample, step = _trajectory_point(vis, state, meta, index)
             image, info = vis.trajectory_preview(rec, sample, step)
-            return {"preview_image": image, "preview_info": info}
+            return {"preview_image": image, "preview_info": f"{info}  \n{step_note(vis, rec, sample, step)}"}
         index = check_point(vis, state, index)
         return {"preview_image": md.preview(index),
                 "preview_info": vis.point_info(state.model, state.layer, state.view, index)}

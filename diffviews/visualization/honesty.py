@@ -8,6 +8,9 @@
   95 % of real points are from their nearest neighbour), with the reason. Measured in the
   scaled + PCA space the map was fitted in; the real points' nearest-neighbour distances are
   computed once per layer and kept; the flags once per generation.
+Functions take the app's ``GradioVisualizer`` as ``vis`` (not imported here: the visualizer's
+callers import this module).
+
 - ``knn_agreement``: how many of a point's k neighbours on the map are also among its k
   nearest in activation space, and the other way round.
 """
@@ -16,16 +19,12 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..processing.quality import neighbour_agreement, real_nn_distances, step_confidence
 from .generations import GenerationRecord
 from .models import LayerData
-
-if TYPE_CHECKING:
-    from .visualizer import GradioVisualizer
 
 __all__ = ["trajectory_flags", "step_note", "knn_agreement", "agreement_text"]
 
@@ -44,7 +43,7 @@ def _real_nn(ld: LayerData, features: np.ndarray) -> np.ndarray:
     return cached
 
 
-def trajectory_flags(vis: GradioVisualizer, rec: GenerationRecord) -> list[dict]:
+def trajectory_flags(vis, rec: GenerationRecord) -> list[dict]:
     """Per sample of ``rec``: ``step_confidence``'s arrays for its trajectory at ``rec.layer``
     (``extrapolated`` (S,) bool, ``reason`` (S,) str, ``percentile``, ``inside_levels``, ...)."""
     with _lock:
@@ -64,7 +63,7 @@ def trajectory_flags(vis: GradioVisualizer, rec: GenerationRecord) -> list[dict]
     return out
 
 
-def step_note(vis: GradioVisualizer, rec: GenerationRecord, sample: int, step: int) -> str:
+def step_note(vis, rec: GenerationRecord, sample: int, step: int) -> str:
     """A line for the hover preview of one trajectory step: why its position is extrapolated,
     or how close it lies to real activations."""
     flags = trajectory_flags(vis, rec)[sample]
@@ -74,7 +73,7 @@ def step_note(vis: GradioVisualizer, rec: GenerationRecord, sample: int, step: i
             f"{100 - flags['percentile'][step]:.0f} % of real points)")
 
 
-def knn_agreement(vis: GradioVisualizer, model: str, layer: str, view: str, index: int, k: int) -> dict:
+def knn_agreement(vis, model: str, layer: str, view: str, index: int, k: int) -> dict:
     """``neighbour_agreement`` of ``index``'s ``k`` nearest on the map (of ``view``) and in
     activation space."""
     on_map, _ = vis.neighbours(model, layer, view, index, k, "map")

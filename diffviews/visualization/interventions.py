@@ -31,7 +31,6 @@ from PIL import Image
 
 from ..core.landing import LandingReport, landing_report
 from ..core.masking import compute_direction_dict, compute_mask_dict
-from ..core.sweep import sweep_kwargs
 from .generations import GenerationRecord
 from .layer_access import Progress, no_progress
 
@@ -149,7 +148,13 @@ def run_sweep(vis: GradioVisualizer, over: str, values: Sequence[float], generat
     records = []
     for k, value in enumerate(values):
         progress(k / len(values), desc=f"Sweep {k + 1}/{len(values)}: {over} = {value:g}")
-        rec = vis.generate(**sweep_kwargs(over, float(value), generate_kwargs))
+        # core.sweep's sweep_kwargs, without importing the torch side: α, or the window's from %
+        kw = dict(generate_kwargs)
+        if over == "alpha":
+            kw["alpha"] = float(value)
+        else:
+            kw["noise_window"] = (float(value), kw["noise_window"][1])
+        rec = vis.generate(**kw)
         rec.result.params.update(sweep_over=over, sweep_value=float(value))
         records.append(rec)
         if on_record is not None:

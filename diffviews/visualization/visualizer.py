@@ -30,7 +30,6 @@ from . import gpu_ops
 from .exports import ExportFolder, export_generation, export_selection
 from .figures import Overlays, PlotFigure, build_figure
 from .generations import GenerationRecord, GenerationStore
-from .honesty import step_note
 from .layer_access import LayerAccess, Progress, no_progress
 
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ class GradioVisualizer(LayerAccess):
         r = rec.result
         info = (f"**generation {rec.id[:6]}** · sample {sample} · step **{step + 1}/{rec.num_steps}** · "
                 f"class {rec.class_name}  \nnoise {float(r.noise_levels[step]):.1f} % · σ = {float(r.sigmas[step]):.4g}"
-                f" (denoised estimate; inset: noised input)  \n{step_note(self, rec, sample, step)}")
+                f" (denoised estimate; inset: noised input)")
         return rec.step_image(step, sample), info
 
     def neighbours(self, model: str, layer: str, view: str, index: int, k: int,
