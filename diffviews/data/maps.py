@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..processing.aligned_umap import AlignedNoiseUMAP
-from ..processing.quality import map_quality
+from ..processing.quality import DEFAULT_K, TRUST_SAMPLE, map_quality
 from ..processing.umap import UMAPPipeline, as_matrix, fit_scaled_pca, maps_match
 from ..processing.umap_backend import CUML, UMAP_LEARN, select_backend
 from .layout import DataLayoutError, ModelPaths, read_json_object
@@ -120,7 +120,7 @@ def save_embedding(paths: ModelPaths, layer: str, pipeline, suffix: str = "", ex
             raise ValueError(f"extra_meta key {key!r} would overwrite a built-in field of the embedding JSON")
         meta[key] = value
     if QUALITY_KEY not in meta and isinstance(pipeline, UMAPPipeline) and n_components == 2:
-        meta[QUALITY_KEY] = map_quality(pipeline.train_features_, embedding)
+        meta[QUALITY_KEY] = _quality(pipeline.train_features_, embedding)
     csv_path, meta_path = paths.embedding(layer, suffix), paths.embedding_meta(layer, suffix)
     _atomic_write(csv_path, lambda fh: np.savetxt(fh, embedding, fmt="%.9g", delimiter=",",
                                                   header=",".join(columns), comments=""))
@@ -257,15 +257,22 @@ def load_pipeline(paths: ModelPaths, layer: str, activations, suffix: str = "", 
                                   lambda X, emb, meta: _rebuild_pipeline(X, emb, meta, refit))
 
 
-def load_map_quality(paths: ModelPaths, layer: str, activations) -> dict:
+def _quality(features: np.ndarray, embedding: np.ndarray) -> dict | None:
+    """``map_quality`` with k = 15, or fewer for a map too small for that (None below 5 points)."""
+    n = len(embedding)
+    if n < 5:
+        return None
+    return map_quality(features, embedding, k=min(DEFAULT_K, (min(n, TRUST_SAMPLE) - 1) // 2))
+
+
+def load_map_quality(paths: ModelPaths, layer: str, activations) -> dict | None:
     """The 2-D map's neighbourhood quality (``processing.quality.map_quality``, measured in the
     scaled + PCA space the map was fitted in): read from its JSON, or, for a map saved before
     the JSON held it, computed once now (scaler and PCA refitted with the saved parameters, no
     UMAP) and written into the JSON."""
     embedding, meta = load_embedding(paths, layer)
-    quality = meta.get(QUALITY_KEY)
-    if isinstance(quality, dict) and "summary" in quality:
-        return quality
+    if QUALITY_KEY in meta:  # None: a map too small to measure
+        return meta[QUALITY_KEY]
     X = as_matrix(activations, f"activations for layer {layer!r}")
     if X.shape[0] != embedding.shape[0]:
         raise DataLayoutError(f"activations for layer {layer!r} have {X.shape[0]} rows; its map has "
@@ -274,7 +281,7 @@ def load_map_quality(paths: ModelPaths, layer: str, activations) -> dict:
     defaults = UMAPPipeline().get_params()
     _, _, features = fit_scaled_pca(X, params.get("pca_components", defaults["pca_components"]),
                                     params.get("random_state", defaults["random_state"]))
-    quality = map_quality(features, embedding)
+    quality = _quality(features, embedding)
     meta[QUALITY_KEY] = quality
     try:
         _atomic_write(paths.embedding_meta(layer), lambda fh: fh.write(json.dumps(meta, indent=2) + "\n"))
