@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from pathlib import Path
 
 from PIL import Image
-from take_screenshot import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, default_point, free_port
+from take_screenshot import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, default_point, fill_number, open_page, serve
 
 
 def save(png: bytes, out: Path, box: tuple[int, int, int, int], width: int) -> None:
@@ -39,15 +38,10 @@ def drive(url: str, out_dir: Path, a: int, b: int, b_class: str, k: int, steps: 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.wait_for_selector("#umap-plot .js-plotly-plot .nsewdrag")
+            page = open_page(browser, url, 1400)
 
             def set_number(elem_id: str, value) -> None:
-                box = page.locator(f"#{elem_id} input[type=number]")
-                box.fill(str(value))
-                box.press("Enter")
+                fill_number(page, elem_id, value)
 
             def select(point: int) -> None:
                 set_number("point-index", point)
@@ -126,24 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1000, help="width of the saved PNGs in px (default 1000)")
     p.add_argument("--out-dir", default="docs")
     args = p.parse_args(argv)
-    if not os.access(CHROMIUM, os.X_OK):
-        print(f"error: {CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
-        return 2
 
-    from diffviews.visualization.app import GradioVisualizer, create_gradio_app, launch_app
+    def run(url, vis):
+        a, b = (default_point(vis, args.model, name) for name in (args.class_name, args.b_class))
+        drive(url, Path(args.out_dir), a, b, args.b_class, args.k, args.steps, args.values, args.width)
 
-    vis = GradioVisualizer(args.data_dir, device="cpu", max_resident_models=1, default_model=args.model)
-    a = default_point(vis, args.model, args.class_name)
-    b = default_point(vis, args.model, args.b_class)
-    demo = create_gradio_app(vis)
-    port = free_port()
-    launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        drive(f"http://127.0.0.1:{port}/", Path(args.out_dir), a, b, args.b_class, args.k, args.steps, args.values,
-              args.width)
-    finally:
-        demo.close()
-    return 0
+    return serve(args.data_dir, args.model, run)
 
 
 if __name__ == "__main__":
