@@ -59,21 +59,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def open_page(browser, url: str, width: int):
+    """A page of ``width`` px on the app, once its map is drawn."""
+    page = browser.new_page(viewport={"width": width, "height": 1000}, device_scale_factor=1)
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#umap-plot .js-plotly-plot .nsewdrag")
+    return page
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
 def drive(url: str, out: Path, point: int, k: int, steps: int, seed: int, width: int, zoom: float) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": 1000}, device_scale_factor=1)
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.wait_for_selector("#umap-plot .js-plotly-plot .nsewdrag")
+            page = open_page(browser, url, width)
 
             def set_number(elem_id: str, value) -> None:
-                box = page.locator(f"#{elem_id} input[type=number]")
-                box.fill(str(value))
-                box.press("Enter")
+                fill_number(page, elem_id, value)
 
             set_number("point-index", point)
             page.locator("#select-point-button").click()
@@ -82,7 +92,7 @@ def drive(url: str, out: Path, point: int, k: int, steps: int, seed: int, width:
             page.locator("#knn-button").click()
             page.wait_for_function(f"() => document.querySelectorAll('#neighbor-gallery img').length === {k}")
             set_number("gen-steps", steps)
-            set_number("gen-mask-steps", max(1, steps // 2))
+            set_number("window-from", 50)
             set_number("gen-seed", seed)
             page.locator("#generate-button").click()
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('Generated')",
@@ -121,6 +131,25 @@ def drive(url: str, out: Path, point: int, k: int, steps: int, seed: int, width:
     print(f"saved {out} ({image.width}×{image.height}, {out.stat().st_size // 1024} KB)")
 
 
+def serve(data_dir: str, model: str, run) -> int:
+    """Launch the app on ``data_dir`` (127.0.0.1, a free port), call ``run(url, visualizer)``, stop it."""
+    if not os.access(CHROMIUM, os.X_OK):
+        print(f"error: {CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
+        return 2
+
+    from diffviews.visualization.app import GradioVisualizer, create_gradio_app, launch_app
+
+    vis = GradioVisualizer(data_dir, device="cpu", max_resident_models=1, default_model=model)
+    demo = create_gradio_app(vis)
+    port = free_port()
+    launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        run(f"http://127.0.0.1:{port}/", vis)
+    finally:
+        demo.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data", help="built data directory (default: data)")
@@ -136,23 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                                                             "(1 = whole map; default 2.2)")
     p.add_argument("--out", default="docs/screenshot.png")
     args = p.parse_args(argv)
-    if not os.access(CHROMIUM, os.X_OK):
-        print(f"error: {CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
-        return 2
 
-    from diffviews.visualization.app import GradioVisualizer, create_gradio_app, launch_app
+    def run(url, vis):
+        point = default_point(vis, args.model, args.class_name) if args.point is None else args.point
+        drive(url, Path(args.out), point, args.k, args.steps, args.seed, args.width, args.zoom)
 
-    vis = GradioVisualizer(args.data_dir, device="cpu", max_resident_models=1, default_model=args.model)
-    point = default_point(vis, args.model, args.class_name) if args.point is None else args.point
-    demo = create_gradio_app(vis)
-    port = free_port()
-    launch_app(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        drive(f"http://127.0.0.1:{port}/", Path(args.out), point, args.k, args.steps, args.seed, args.width,
-              args.zoom)
-    finally:
-        demo.close()
-    return 0
+    return serve(args.data_dir, args.model, run)
 
 
 if __name__ == "__main__":

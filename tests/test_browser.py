@@ -263,7 +263,7 @@ def test_generate_shows_the_image_and_draws_its_trajectory(page):
     page.locator("#knn-button").click()
     wait_state(page, "s.knn.length > 0")
     set_number(page, "gen-steps", 4)
-    set_number(page, "gen-mask-steps", 2)
+    set_number(page, "window-from", 50)
     page.locator("#generate-button").click()
     s = wait_state(page, "s.generations.length === 1 && s.active !== null", timeout=HEAVY_WAIT_MS)
     gen = s["active"]

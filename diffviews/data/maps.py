@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..processing.aligned_umap import AlignedNoiseUMAP
-from ..processing.umap import UMAPPipeline, as_matrix, maps_match
+from ..processing.quality import DEFAULT_K, TRUST_SAMPLE, map_quality
+from ..processing.umap import UMAPPipeline, as_matrix, fit_scaled_pca, maps_match
 from ..processing.umap_backend import CUML, UMAP_LEARN, select_backend
 from .layout import DataLayoutError, ModelPaths, read_json_object
 
@@ -36,10 +37,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ALIGNED_SUFFIX", "embedding_columns", "save_embedding", "load_embedding", "embedding_is_valid",
            "load_cached_or_rebuild", "load_pipeline", "fit_layer_embedding", "fit_aligned_embedding",
-           "load_aligned", "map_files"]
+           "load_aligned", "map_files", "QUALITY_KEY", "load_map_quality"]
 
 #: file-name suffix of the aligned 3-D map of a layer (``<layer>_aligned.csv``)
 ALIGNED_SUFFIX = "_aligned"
+#: the map JSON's field holding ``processing.quality.map_quality`` of a 2-D map (in its fitted space)
+QUALITY_KEY = "quality"
 
 
 def map_files(paths: ModelPaths, layer: str, suffix: str = "") -> tuple[Path, Path, Path]:
@@ -116,6 +119,8 @@ def save_embedding(paths: ModelPaths, layer: str, pipeline, suffix: str = "", ex
         if key in meta:
             raise ValueError(f"extra_meta key {key!r} would overwrite a built-in field of the embedding JSON")
         meta[key] = value
+    if QUALITY_KEY not in meta and isinstance(pipeline, UMAPPipeline) and n_components == 2:
+        meta[QUALITY_KEY] = _quality(pipeline.train_features_, embedding)
     csv_path, meta_path = paths.embedding(layer, suffix), paths.embedding_meta(layer, suffix)
     _atomic_write(csv_path, lambda fh: np.savetxt(fh, embedding, fmt="%.9g", delimiter=",",
                                                   header=",".join(columns), comments=""))
@@ -250,6 +255,39 @@ def load_pipeline(paths: ModelPaths, layer: str, activations, suffix: str = "", 
     re-cached. ``refit=False`` skips the UMAP fit and projects by k-NN onto the saved map."""
     return load_cached_or_rebuild(paths, layer, suffix, UMAPPipeline, activations,
                                   lambda X, emb, meta: _rebuild_pipeline(X, emb, meta, refit))
+
+
+def _quality(features: np.ndarray, embedding: np.ndarray) -> dict | None:
+    """``map_quality`` with k = 15, or fewer for a map too small for that (None below 5 points)."""
+    n = len(embedding)
+    if n < 5:
+        return None
+    return map_quality(features, embedding, k=min(DEFAULT_K, (min(n, TRUST_SAMPLE) - 1) // 2))
+
+
+def load_map_quality(paths: ModelPaths, layer: str, activations) -> dict | None:
+    """The 2-D map's neighbourhood quality (``processing.quality.map_quality``, measured in the
+    scaled + PCA space the map was fitted in): read from its JSON, or, for a map saved before
+    the JSON held it, computed once now (scaler and PCA refitted with the saved parameters, no
+    UMAP) and written into the JSON."""
+    embedding, meta = load_embedding(paths, layer)
+    if QUALITY_KEY in meta:  # None: a map too small to measure
+        return meta[QUALITY_KEY]
+    X = as_matrix(activations, f"activations for layer {layer!r}")
+    if X.shape[0] != embedding.shape[0]:
+        raise DataLayoutError(f"activations for layer {layer!r} have {X.shape[0]} rows; its map has "
+                              f"{embedding.shape[0]}")
+    params = meta.get("params", {})
+    defaults = UMAPPipeline().get_params()
+    _, _, features = fit_scaled_pca(X, params.get("pca_components", defaults["pca_components"]),
+                                    params.get("random_state", defaults["random_state"]))
+    quality = _quality(features, embedding)
+    meta[QUALITY_KEY] = quality
+    try:
+        _atomic_write(paths.embedding_meta(layer), lambda fh: fh.write(json.dumps(meta, indent=2) + "\n"))
+    except OSError as exc:  # a read-only data directory still gets the figures, just not cached
+        logger.warning("could not cache the map quality in %s: %s", paths.embedding_meta(layer), exc)
+    return quality
 
 
 def fit_layer_embedding(paths: ModelPaths, layer: str, activations, n_components: int = 2, suffix: str = "",

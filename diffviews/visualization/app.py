@@ -7,7 +7,10 @@ Named API endpoints (for ``gradio_client``; every client is its own session):
 ``/select_point``, ``/plot_event``, ``/hover``, ``/knn``, ``/clear_selection``,
 ``/filter_class``, ``/switch_model``, ``/switch_layer``, ``/switch_view``, ``/generate``,
 ``/prev_frame``, ``/next_frame``, ``/choose_trajectory``,
-``/clear_trajectories``, ``/export_selection``, ``/export_generation``.
+``/clear_trajectories``, ``/export_selection``, ``/export_generation``; steering (``steering.py``):
+``/steer`` (the generate button: noise window, mode, layers, set B), ``/sweep``, ``/export_sweep``,
+``/use_as_set_b``, ``/clear_set_b``, ``/switch_mode``. ``/generate`` keeps the mask-steps form
+for API clients.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import gradio as gr
 
 from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
+from . import steering as st
 from .layout import CUSTOM_CSS, PLOTLY_HANDLER_JS, build_layout
 from .models import ModelData
 from .visualizer import GradioVisualizer
@@ -37,6 +41,9 @@ MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_s
 FRAME = ["plot", "session_info", "frame_image", "frame_info"]
 GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
               "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
+STEER_INPUTS = ["gen_class", "gen_steps", "window_from", "window_to", "gen_mode", "gen_alpha", "steer_layers",
+                "reference_set", "gen_guidance", "gen_noise_max", "gen_noise_min", "gen_noise_mode", "gen_seed",
+                "gen_samples"]
 
 # api_name -> (trigger component, event, handler, inputs after the state, outputs, concurrency group)
 EVENTS = {
@@ -44,7 +51,7 @@ EVENTS = {
                    VIEW + SELECTION + ["frame_image", "frame_info"], "light"),
     "select_point": ("select_button", "click", cb.select_point, ["point_index", "neighbor_toggle"],
                      VIEW + SELECTION, "light"),
-    "knn": ("knn_button", "click", cb.suggest_knn, ["knn_k", "knn_space"], VIEW + SELECTION, "light"),
+    "knn": ("knn_button", "click", st.suggest_knn, ["knn_k", "knn_space"], VIEW + SELECTION, "light"),
     "clear_selection": ("clear_button", "click", cb.clear_selection, [], VIEW + SELECTION, "light"),
     "filter_class": ("class_filter", "input", cb.filter_class, ["class_filter"], VIEW, "light"),
     "switch_model": ("model_dropdown", "input", cb.switch_model, ["model_dropdown"],
@@ -53,7 +60,7 @@ EVENTS = {
                      VIEW + SELECTION + GENERATION + ["layer_dropdown"], "layer"),
     "switch_view": ("view_radio", "input", cb.switch_view, ["view_radio"], VIEW + SELECTION + ["view_radio"],
                     "layer"),
-    "generate": ("generate_button", "click", cb.generate, GEN_INPUTS, VIEW + GENERATION, "generate"),
+    "generate": ("generate_legacy_button", "click", cb.generate, GEN_INPUTS, VIEW + GENERATION, "generate"),
     "choose_trajectory": ("trajectory_dropdown", "input", cb.choose_trajectory, ["trajectory_dropdown"],
                           VIEW + GENERATION, "light"),
     "clear_trajectories": ("clear_trajectories_button", "click", cb.clear_trajectories, [], VIEW + GENERATION,
@@ -62,6 +69,17 @@ EVENTS = {
                          "export"),
     "export_generation": ("export_generation_button", "click", cb.export_generation, [],
                           ["export_file", "status"], "export"),
+    "steer": ("generate_button", "click", st.steer, STEER_INPUTS, VIEW + GENERATION, "generate"),
+    "sweep": ("sweep_button", "click", st.sweep, STEER_INPUTS + ["sweep_over", "sweep_values"],
+              VIEW + GENERATION + ["sweep_gallery", "sweep_chart"], "generate"),
+    "export_sweep": ("export_sweep_button", "click", st.export_sweep, [], ["export_file", "status"], "export"),
+    "use_as_set_b": ("set_b_button", "click", st.use_as_set_b, [], VIEW + SELECTION + ["set_b_info"], "light"),
+    "clear_set_b": ("clear_set_b_button", "click", st.clear_set_b, [], VIEW + ["set_b_info"], "light"),
+    "switch_mode": ("gen_mode", "input", st.switch_mode, ["gen_mode", "gen_alpha"], ["gen_alpha", "sweep_values"],
+                    "light"),
+    "switch_sweep_over": ("sweep_over", "input", st.switch_sweep_over, ["sweep_over", "gen_mode"], ["sweep_values"],
+                          "light"),
+    "refresh_layers": ("model_dropdown", "change", st.refresh_layers, [], ["steer_layers", "set_b_info"], "light"),
 }
 #: how many of one kind of work run at once (a group shares its limit)
 CONCURRENCY = {"hover": 8, "light": 8, "model": 2, "layer": 1, "generate": 1, "export": 2}

@@ -23,6 +23,7 @@ import numpy as np
 from ..backends.protocol import NOISE_MODES, BackendUnavailable
 from ..data.layout import DataLayoutError
 from .figures import Overlays
+from .honesty import step_note, trajectory_flags
 from .models import VIEWS
 from .visualizer import GradioVisualizer
 
@@ -72,6 +73,9 @@ class Session:
     generations: tuple[str, ...] = ()  # generation ids, oldest first
     active: str | None = None
     frame: int | None = None
+    set_b: tuple[int, ...] = ()  # reference set B for direction steering (steering.py) ...
+    set_b_model: str | None = None  # ... of this model's points
+    sweep: tuple[str, ...] = ()  # generation ids of the last sweep, in sweep order
 
     def neighbours(self) -> list[int]:
         """Manual neighbours then KNN suggestions, without repeats."""
@@ -192,7 +196,10 @@ def _visible_generations(vis: GradioVisualizer, state: Session) -> list:
 def figure(vis: GradioVisualizer, state: Session):
     records = _visible_generations(vis, state)
     overlays = Overlays(selected=state.selected, manual=state.manual, knn=state.knn, trajectories=records,
-                        active=state.active, frame=state.frame)
+                        active=state.active, frame=state.frame,
+                        set_b=state.set_b if state.set_b_model == state.model else (),
+                        flagged={r.id: [(f["extrapolated"], f["reason"]) for f in trajectory_flags(vis, r)]
+                                 for r in records})
     return vis.figure(state.model, state.layer, state.view, state.class_filter, overlays)
 
 
@@ -270,7 +277,7 @@ def hover(vis: GradioVisualizer, state: Session | None, payload) -> dict:
         if meta and meta.startswith("traj:"):
             rec, sample, step = _trajectory_point(vis, state, meta, index)
             image, info = vis.trajectory_preview(rec, sample, step)
-            return {"preview_image": image, "preview_info": info}
+            return {"preview_image": image, "preview_info": f"{info}  \n{step_note(vis, rec, sample, step)}"}
         index = check_point(vis, state, index)
         return {"preview_image": md.preview(index),
                 "preview_info": vis.point_info(state.model, state.layer, state.view, index)}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ __all__ = ["PlotFigure", "Overlays", "build_figure", "class_color", "CLASS_COLOR
 CLASS_COLORS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22",
                 "#17BECF", "#D62728", "#393B79", "#637939", "#8C6D31", "#843C39", "#7B4173", "#3182BD")
 RING_SELECTED, RING_MANUAL, RING_KNN, RING_FRAME = "#FF0000", "#00D5FF", "#7CFC00", "#FF00FF"
+RING_SET_B = "#FF8C00"  # reference set B of direction steering (dark orange squares)
 TRAJ_ACTIVE, TRAJ_OTHER = "#FF4500", "#505050"
 #: marker opacity (2-D) and size (3-D) from the lowest to the highest noise level
 OPACITY_RANGE, SIZE_RANGE_3D = (0.95, 0.3), (5.0, 2.0)
@@ -64,6 +65,9 @@ class Overlays:
     trajectories: Sequence[GenerationRecord] = ()
     active: str | None = None  # id of the highlighted trajectory
     frame: int | None = None  # step marked on the active trajectory
+    set_b: Sequence[int] = ()  # reference set B (steering)
+    #: generation id -> per sample (extrapolated (S,) bool, reason (S,) str) of its trajectory steps
+    flagged: Mapping[str, Sequence[tuple[Sequence[bool], Sequence[str]]]] = field(default_factory=dict)
 
 
 def _base_traces(md: ModelData, ld: LayerData, view: str, class_filter: int | None) -> list[str]:
@@ -103,8 +107,9 @@ def _base_traces(md: ModelData, ld: LayerData, view: str, class_filter: int | No
 
 def _layout(md: ModelData, ld: LayerData, view: str) -> dict:
     title = f"{md.name} · {ld.layer} · {ld.n_points} points ({len(md.noise_levels)} noise levels)"
+    title += _quality_subtitle(ld) if view == "2-D" else ""
     layout = {"uirevision": f"{md.name}/{ld.layer}/{view}", "height": PLOT_HEIGHT, "hovermode": "closest",
-              "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
+              "margin": {"l": 10, "r": 10, "t": 52 if "<br>" in title else 36, "b": 10},
               "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
               "legend": {"title": {"text": "class"}, "itemsizing": "constant"}, "plot_bgcolor": "#FFFFFF",
               "paper_bgcolor": "#FFFFFF"}
@@ -117,6 +122,48 @@ def _layout(md: ModelData, ld: LayerData, view: str) -> dict:
                            "zaxis": {"title": {"text": "noise level %"}, "tickvals": md.noise_levels},
                            "dragmode": "orbit", "aspectmode": "manual", "aspectratio": {"x": 1, "y": 1, "z": 0.9}}
     return layout
+
+
+def _quality_subtitle(ld: LayerData) -> str:
+    """A second, small title line with the 2-D map's neighbourhood quality ('' when unknown)."""
+    quality = ld.embedding_meta.get("quality")
+    if not isinstance(quality, dict) or "knn_preservation" not in quality:
+        return ""
+    q = quality
+    return (f"<br><sup>map quality: {q['k']}-NN kept {q['knn_preservation']:.2f} (random map "
+            f"{q['knn_chance']:.2g}) · trustworthiness {q['trustworthiness']:.2f}: how much of each point's "
+            f"neighbourhood in the layer the map keeps (1 = all)</sup>")
+
+
+def _set_b_ring(coords: np.ndarray, rows: Sequence[int], view: str) -> dict | None:
+    """Reference set B: open squares in ``RING_SET_B``, distinct from set A's circles."""
+    trace = _ring(coords, rows, RING_SET_B, 14, "set B", view)
+    if trace is not None:
+        trace["marker"]["symbol"] = "square-open"
+    return trace
+
+
+def _extrapolated_steps(rec: GenerationRecord, coords: np.ndarray, flagged, active: bool, view: str) -> list[dict]:
+    """Hollow markers over the trajectory steps whose map position is an extrapolation; the
+    hover says why. ``flagged``: per sample (extrapolated (S,) bool, reason (S,) str)."""
+    out = []
+    color = TRAJ_ACTIVE if active else TRAJ_OTHER
+    for b, (flags, reasons) in enumerate(flagged):
+        steps = [int(s) for s in np.flatnonzero(np.asarray(flags, dtype=bool))]
+        if not steps or b >= coords.shape[1]:
+            continue
+        xyz = coords[steps, b]
+        trace = {"type": "scatter" if view == "2-D" else "scatter3d", "mode": "markers", "name": "extrapolated",
+                 "meta": f"traj:{rec.id}:{b}", "showlegend": False, "customdata": steps,
+                 "text": [str(reasons[s]) for s in steps],
+                 "hovertemplate": "step %{customdata}: extrapolated position<br>%{text}<extra></extra>",
+                 "x": xyz[:, 0].round(5).tolist(), "y": xyz[:, 1].round(5).tolist(),
+                 "marker": {"symbol": "circle-open" if view != "2-D" else "circle", "size": 10 if view == "2-D" else 5,
+                            "color": "#FFFFFF" if view == "2-D" else color, "line": {"width": 2, "color": color}}}
+        if view != "2-D":
+            trace["z"] = xyz[:, 2].round(5).tolist()
+        out.append(trace)
+    return out
 
 
 def _ring(coords: np.ndarray, rows: Sequence[int], color: str, size: int, name: str, view: str) -> dict | None:
@@ -186,9 +233,17 @@ def build_figure(md: ModelData, ld: LayerData, view: str, class_filter: int | No
         ring = _ring(coords, rows, color, size, name, view)
         if ring is not None:
             extra.append(ring)
+    set_b = _set_b_ring(coords, ov.set_b, view)
+    if set_b is not None:
+        extra.insert(0, set_b)
     for rec in ov.trajectories:
         active = rec.id == ov.active
-        extra += _trajectory_traces(rec, trajectory_coords(rec, view), active, ov.frame if active else None, view)
+        xyz = trajectory_coords(rec, view)
+        traj = _trajectory_traces(rec, xyz, active, ov.frame if active else None, view)
+        for trace in _extrapolated_steps(rec, xyz, ov.flagged.get(rec.id, ()), active, view):
+            line = next(i for i, t in enumerate(traj) if t["meta"] == trace["meta"])
+            traj.insert(line + 1, trace)  # over the line's dots, under the start/end markers
+        extra += traj
     data = _base_traces(md, ld, view, class_filter) + [json.dumps(t, separators=(",", ":")) for t in extra]
     config = {"displaylogo": False, "scrollZoom": True, "responsive": True}
     text = ('{"data":[' + ",".join(data) + '],"layout":' + json.dumps(_layout(md, ld, view))

@@ -22,7 +22,7 @@ import numpy as np
 from ..backends.protocol import Backend, ExtractionRequest, FitRequest
 from ..data.layers import Fit, ensure_layer, layer_source, layer_state
 from ..data.layout import DataLayoutError
-from ..data.maps import fit_aligned_embedding, load_aligned
+from ..data.maps import QUALITY_KEY, fit_aligned_embedding, load_aligned, load_map_quality
 from ..data.metadata import load_sample_images
 from ..processing.umap import UMAPPipeline
 from . import gpu_ops
@@ -117,7 +117,10 @@ class LayerAccess:
             data = md.cached_layer(layer)
             if data is None:
                 self._ensure_on_disk(md, layer, no_progress if progress is None else progress)
-                data = md.add_layer(md.load_layer(layer))
+                data = md.load_layer(layer)
+                if QUALITY_KEY not in data.embedding_meta:  # a map saved before its JSON held it: once
+                    data.embedding_meta[QUALITY_KEY] = load_map_quality(md.paths, layer, data.activations)
+                data = md.add_layer(data)
         return data
 
     def ensure_view(self, model: str, layer: str, view: str, progress: Progress | None = None) -> LayerData:

@@ -33,7 +33,9 @@ from .callbacks import (
     Session,
     figure,
 )
+from .interventions import MASK_MODES, REFERENCE_SETS, SWEEP_OVER
 from .models import VIEWS
+from .steering import SWEEP_DEFAULTS, WINDOW_DEFAULT
 from .visualizer import GradioVisualizer
 
 CUSTOM_CSS = """
@@ -145,7 +147,9 @@ def build_layout(vis: GradioVisualizer, session: Session) -> dict[str, gr.compon
                                               label="Class", elem_id="gen-class")
                 ui["gen_steps"] = gr.Slider(*STEPS_RANGE, value=steps, step=1, label="Steps", elem_id="gen-steps")
                 ui["gen_mask_steps"] = gr.Slider(0, STEPS_RANGE[1], value=max(1, steps // 2), step=1,
-                                                 label="Mask steps (≤ steps)", elem_id="gen-mask-steps")
+                                                 label="Mask steps (≤ steps)", elem_id="gen-mask-steps",
+                                                 visible=False)  # the /generate API's; the UI has a window
+                ui.update(steering_controls(vis, session))
                 ui["gen_alpha"] = gr.Slider(*ALPHA_RANGE, value=1.0, step=0.05, label="Blend strength α",
                                             elem_id="gen-alpha")
                 ui["gen_guidance"] = gr.Slider(*GUIDANCE_RANGE, value=float(c["default_guidance"]), step=0.1,
@@ -187,6 +191,53 @@ def build_layout(vis: GradioVisualizer, session: Session) -> dict[str, gr.compon
             ui["steps_gallery"] = gr.Gallery(label="Denoising steps (denoised estimate; inset: noised input)",
                                              columns=8, height=200, format="png", allow_preview=False,
                                              elem_id="steps-gallery")
+    ui.update(sweep_panel())
     with gr.Accordion("Session state", open=False):
         ui["session_info"] = gr.JSON(label="This session", elem_id="session-info")
+    return ui
+
+
+def steering_controls(vis: GradioVisualizer, session: Session) -> dict[str, gr.components.Component]:
+    """The intervention's controls (inside *Generate from neighbours*): mode, noise window,
+    layers, reference set B and its buttons."""
+    ui: dict[str, gr.components.Component] = {}
+    ui["gen_mode"] = gr.Radio(list(MASK_MODES), value="blend", label="Mode",
+                              info="blend: hold the layers at set A's mean · add: + α·(mean A − mean B)",
+                              elem_id="gen-mode")
+    with gr.Row():
+        ui["window_from"] = gr.Slider(*NOISE_RANGE, value=WINDOW_DEFAULT[0], step=1, label="Steer from noise %",
+                                      elem_id="window-from")
+        ui["window_to"] = gr.Slider(*NOISE_RANGE, value=WINDOW_DEFAULT[1], step=1, label="to noise %",
+                                    elem_id="window-to")
+    ui["steer_layers"] = gr.Dropdown(vis.layers(session.model), value=[], multiselect=True, label="Steer layers",
+                                     info="empty: the shown layer; a layer not built yet is extracted first",
+                                     elem_id="steer-layers")
+    ui["reference_set"] = gr.Radio(list(REFERENCE_SETS), value=REFERENCE_SETS[0], label="Reference set B (add mode)",
+                                   elem_id="reference-set")
+    ui["set_b_info"] = gr.Markdown("Set B: empty.", elem_id="set-b-info")
+    with gr.Row():
+        ui["set_b_button"] = gr.Button("Use selection as set B", size="sm", elem_id="set-b-button")
+        ui["clear_set_b_button"] = gr.Button("Clear set B", size="sm", elem_id="clear-set-b-button")
+    return ui
+
+
+def sweep_panel() -> dict[str, gr.components.Component]:
+    """Sweeps: values, the labelled grid, the landing chart and the export (a row of its own)."""
+    ui: dict[str, gr.components.Component] = {}
+    with gr.Accordion("Sweep: one seed, a row of values", open=True):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                ui["sweep_over"] = gr.Radio(list(SWEEP_OVER), value="alpha", label="Sweep over",
+                                            info="α, or the noise window's from %", elem_id="sweep-over")
+                ui["sweep_values"] = gr.Textbox(SWEEP_DEFAULTS["alpha"]["blend"], label="Values (2–12)",
+                                                elem_id="sweep-values")
+                ui["sweep_button"] = gr.Button("Run sweep", variant="primary", elem_id="sweep-button")
+                ui["export_sweep_button"] = gr.Button("Sweep (.zip)", size="sm", elem_id="export-sweep-button")
+                ui["generate_legacy_button"] = gr.Button("generate (mask steps)", visible=False,
+                                                         elem_id="generate-legacy-button")
+            with gr.Column(scale=2, min_width=360):
+                ui["sweep_gallery"] = gr.Gallery(label="Sweep (final images)", columns=6, height=220, format="png",
+                                                 allow_preview=False, elem_id="sweep-gallery")
+            with gr.Column(scale=2, min_width=320):
+                ui["sweep_chart"] = gr.Plot(label="Where the sweep landed", elem_id="sweep-chart")
     return ui

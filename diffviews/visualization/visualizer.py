@@ -119,22 +119,27 @@ class GradioVisualizer(LayerAccess):
     # -- generation ---------------------------------------------------------------------------
     def generate(self, model: str, layer: str, class_label: int, neighbours: Sequence[int], *, num_steps: int,
                  mask_steps: int, alpha: float, guidance_scale: float, noise_max: float, noise_min: float,
-                 noise_mode: str, seed: int, num_samples: int, progress: Progress | None = None) -> GenerationRecord:
+                 noise_mode: str, seed: int, num_samples: int, progress: Progress | None = None,
+                 masks: dict[str, np.ndarray] | None = None, mask_mode: str = "blend",
+                 noise_window: tuple[float, float] | None = None) -> GenerationRecord:
         """Generate with ``layer`` held at the neighbours' mean activation for the first
         ``mask_steps`` steps; the trajectory at ``layer`` is projected onto the 2-D map with
-        one batched transform."""
+        one batched transform. Given ``masks`` ({layer: (1, C, H, W)}, e.g. from
+        ``interventions.intervention_masks``) are used as they are, in ``mask_mode``, while the
+        noise level is inside ``noise_window`` (then ``mask_steps`` must be 0)."""
         progress = no_progress if progress is None else progress  # gr.Progress() is falsy (len 0)
         md = self.model(model)
         ld = self.layer(model, layer)
-        masks = {}
-        if neighbours and mask_steps > 0:
-            masks = compute_mask_dict({layer: ld.dense_activations()[0]}, list(neighbours), {layer: ld.shape})
+        if masks is None:
+            masks = {}
+            if neighbours and mask_steps > 0:
+                masks = compute_mask_dict({layer: ld.dense_activations()[0]}, list(neighbours), {layer: ld.shape})
         progress(0.1, desc=f"Generating {num_samples} sample(s), {num_steps} steps")
         request = GenerationRequest(
             model=model, class_label=int(class_label), num_steps=int(num_steps), mask_steps=int(mask_steps),
             noise_max=float(noise_max), noise_min=float(noise_min), guidance_scale=float(guidance_scale),
             noise_mode=noise_mode, seed=int(seed), num_samples=int(num_samples), alpha=float(alpha), masks=masks,
-            extract_layers=[layer])
+            extract_layers=[layer], mask_mode=mask_mode, noise_window=noise_window)
         result = gpu_ops.generate(self.backend, request)
         rec = GenerationRecord(uuid.uuid4().hex, model, layer, int(class_label), md.class_name(int(class_label)),
                                [int(i) for i in neighbours], result)
