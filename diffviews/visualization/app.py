@@ -90,11 +90,13 @@ ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAM
 
 def _handler(vis: GradioVisualizer, fn, outputs: list[str]):
     """``fn(vis, state, *inputs) -> (state, {name: value})`` as a Gradio function returning
-    ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``)."""
+    ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``), and so
+    does the state when the handler returns the one it was given: a handler that changes
+    nothing never overwrites what a concurrent event of the same session stored meanwhile."""
 
-    def run(*args):
-        state, out = fn(vis, *args)
-        return (state, *[out.get(name, gr.skip()) for name in outputs])
+    def run(state, *args):
+        new_state, out = fn(vis, state, *args)
+        return (gr.skip() if new_state is state else new_state, *[out.get(name, gr.skip()) for name in outputs])
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
     run.__signature__ = inspect.Signature(params)
