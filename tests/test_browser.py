@@ -359,7 +359,7 @@ def test_two_browser_contexts_on_different_models_stay_independent(browser, runn
         for page, md in ((a, digits), (b, shapes)):  # each map is its own model's
             drawn = traces(page)
             assert drawn["title"].startswith(f"{md.name} · ")
-            assert sorted(t["name"] for t in drawn["traces"] if t["meta"] == "pts") == sorted(md.class_names)
+            assert sorted({t["name"] for t in drawn["traces"] if t["meta"] == "pts"}) == sorted(md.class_names)
             assert page.locator("#model-dropdown input").input_value() == md.name
         # and A's clicks still work after B's
         sa = click(a, a2)
