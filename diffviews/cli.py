@@ -157,6 +157,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="the other model of the memory test (default: another model, else a copy of --model)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, metavar="SECTION",
                    help=f"measure only these (default: all of {' '.join(SECTIONS)})")
+    p.add_argument("--browser-before", default=None, metavar="CHECKOUT",
+                   help="browser section: also measure the app of this checkout (e.g. main) as 'before'")
 
 
 @command("bench", "measure map fits, layer switches, callbacks, generation, memory, start-up and scale",
@@ -174,8 +176,11 @@ def bench_cmd(args: argparse.Namespace) -> int:
             command_line.append(f"{flag} {value}")
     if list(args.sections) != list(SECTIONS):
         command_line.append("--sections " + " ".join(args.sections))
+    if args.browser_before is not None:
+        command_line.append(f"--browser-before {args.browser_before}")
     options = BenchOptions(Path(_data_dir(args)), model=args.model, second_model=args.second_model,
-                           quick=args.quick, sections=tuple(args.sections), command=" ".join(command_line))
+                           quick=args.quick, sections=tuple(args.sections), command=" ".join(command_line),
+                           browser_before=None if args.browser_before is None else Path(args.browser_before))
     results = run(options)
     table = markdown(results)
     print(table, end="")

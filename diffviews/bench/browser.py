@@ -55,7 +55,7 @@ launch_app(demo, host="127.0.0.1", port=port, quiet=True)
 
 # points of the map on screen: [index, x px, y px] (a sample of at most `limit`), and the plot box
 POINTS_JS = """(limit) => {
-  const gd = document.querySelector('%s');
+  const gd = document.querySelector('PLOT');
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
   const out = [];
@@ -66,27 +66,27 @@ POINTS_JS = """(limit) => {
   for (const t of gd._fullData) {
     if (t.meta !== 'pts') continue;
     for (let j = 0; j < t.x.length; j++, k++) {
-      if (k %% step) continue;
+      if (k % step) continue;
       out.push([t.customdata[j], r.left + xa.l2p(t.x[j]), r.top + ya.l2p(t.y[j])]);
     }
   }
   return {points: out, box: [r.left, r.top, r.right, r.bottom]};
-}""" % PLOT
+}""".replace("PLOT", PLOT)
 
 DRAWN_JS = """(n) => {
-  const gd = document.querySelector('%s');
+  const gd = document.querySelector('PLOT');
   if (!gd || !gd._fullData || !gd.querySelector('.nsewdrag')) return false;
   let total = 0;
   for (const t of gd._fullData) if (t.meta === 'pts') total += t.x.length;
   return total === n && !!gd.querySelector('canvas');
-}""" % PLOT
+}""".replace("PLOT", PLOT)
 
 # the customdata of the ring trace named `name` as a string ('' when none)
 RING_JS = """(name) => {
-  const gd = document.querySelector('%s');
+  const gd = document.querySelector('PLOT');
   const t = gd && gd._fullData ? gd._fullData.find(t => t.meta === 'ring' && t.name === name) : null;
   return t ? Array.from(t.customdata || []).join(',') : '';
-}""" % PLOT
+}""".replace("PLOT", PLOT)
 
 
 def _free_port() -> int:
