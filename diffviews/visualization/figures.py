@@ -152,6 +152,8 @@ def describe_map(info: dict | None) -> str:
     """A few words on how a map was made, from its metadata's ``map`` entry ("" for a full fit)."""
     if not info or info.get("method", "full") == "full":
         return ""
+    if info.get("method") != "landmarks":
+        return f"map: {info.get('method')}"
     text = f"map: UMAP on {info.get('n_landmarks', '?')} landmarks, rest placed by {info.get('placement', 'knn')}"
     if info.get("refine_epochs"):
         text += f" + {info['refine_epochs']} refinement epochs"
