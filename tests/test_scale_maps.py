@@ -74,6 +74,7 @@ def test_extract_activations_writes_into_given_arrays(paths):
     out = {"mid": np.zeros((8, 1024), dtype=np.float32)}
     got = extract_activations(adapter, images, labels, [80.0, 20.0], ["mid"], out=out)
     assert got["mid"] is out["mid"] and np.abs(out["mid"]).sum() > 0
-    np.testing.assert_array_equal(out["mid"], extract_activations(adapter, images, labels, [80.0, 20.0], ["mid"])["mid"])
+    fresh = extract_activations(adapter, images, labels, [80.0, 20.0], ["mid"])["mid"]
+    np.testing.assert_array_equal(out["mid"], fresh)
     with pytest.raises(ValueError, match=r"out\['mid'\] has shape \(3, 1024\); expected \(8, 1024\)"):
         extract_activations(adapter, images, labels, [80.0, 20.0], ["mid"], out={"mid": np.zeros((3, 1024))})

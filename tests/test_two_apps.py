@@ -4,7 +4,6 @@ backend that can run a model (browse-only, with a notice)."""
 from __future__ import annotations
 
 import json
-
 import shutil
 
 import numpy as np
