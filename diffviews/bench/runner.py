@@ -38,6 +38,8 @@ class BenchOptions:
     command: str = "diffviews bench"
     #: another checkout (e.g. main) whose app the browser section also measures, as "before"
     browser_before: Path | None = None
+    #: map sizes of the browser section (default: 4k, 100k and 1M; --quick: 4k)
+    browser_sizes: tuple[int, ...] | None = None
 
     @property
     def calls(self) -> int:
@@ -117,7 +119,7 @@ def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], di
     clicks = {n: (5 if options.quick else FULL_CLICKS.get(n, 20)) for n in options.scale_sizes}
 
     def in_browser() -> dict:
-        sizes = browser.QUICK_SIZES if options.quick else browser.SIZES
+        sizes = options.browser_sizes or (browser.QUICK_SIZES if options.quick else browser.SIZES)
         actions = 5 if options.quick else 20
         result = {"after": browser.measure(ws.data_dir, sizes, actions, actions)}
         if options.browser_before is not None:
