@@ -213,6 +213,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="the other model of the memory test (default: another model, else a copy of --model)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, metavar="SECTION",
                    help=f"measure only these (default: all of {' '.join(SECTIONS)})")
+    p.add_argument("--browser-before", default=None, metavar="CHECKOUT",
+                   help="browser section: also measure the app of this checkout (e.g. main) as 'before'")
+    p.add_argument("--browser-sizes", nargs="+", type=int, default=None, metavar="N",
+                   help="browser section: map sizes in points (default: 4000 100000 1000000)")
 
 
 @command("bench", "measure map fits, layer switches, callbacks, generation, memory, start-up, scale and "
@@ -230,8 +234,17 @@ def bench_cmd(args: argparse.Namespace) -> int:
             command_line.append(f"{flag} {value}")
     if list(args.sections) != list(SECTIONS):
         command_line.append("--sections " + " ".join(args.sections))
+    if args.browser_before is not None:
+        command_line.append(f"--browser-before {args.browser_before}")
+    if args.browser_sizes:
+        if any(n < 4 for n in args.browser_sizes):
+            print("error: --browser-sizes must be at least 4 points each", file=sys.stderr)
+            return 2
+        command_line.append("--browser-sizes " + " ".join(map(str, args.browser_sizes)))
     options = BenchOptions(Path(_data_dir(args)), model=args.model, second_model=args.second_model,
-                           quick=args.quick, sections=tuple(args.sections), command=" ".join(command_line))
+                           quick=args.quick, sections=tuple(args.sections), command=" ".join(command_line),
+                           browser_before=None if args.browser_before is None else Path(args.browser_before),
+                           browser_sizes=tuple(args.browser_sizes) if args.browser_sizes else None)
     results = run(options)
     table = markdown(results)
     print(table, end="")

@@ -32,11 +32,17 @@ def call(client: Client, api: str, *args) -> dict:
 
 
 def figure(out: dict) -> dict:
+    """The full figure (sent by the handlers that change the base: model, layer, view, class)."""
     return json.loads(out["plot"]["plot"])
 
 
+def overlay(out: dict) -> dict:
+    """The overlay message every plot handler sends (see ``figures.overlay_payload``)."""
+    return json.loads(out["overlay"])
+
+
 def rings(out: dict, name: str) -> list[int]:
-    found = [t for t in figure(out)["data"] if t.get("meta") == "ring" and t["name"] == name]
+    found = [t for t in overlay(out)["traces"] if t.get("meta") == "ring" and t["name"] == name]
     return found[0]["customdata"] if found else []
 
 
@@ -75,7 +81,7 @@ def test_select_hover_knn_generate_export(running_app, client):
     info = out["session_info"]
     assert "Generated 1 × class" in out["status"] and info["active"] in info["generations"]
     assert Path(out["generated_image"]).is_file() and len(out["steps_gallery"]) == 4
-    assert any(t.get("meta") == f"traj:{info['active']}:0" for t in figure(out)["data"])
+    assert any(t.get("meta") == f"traj:{info['active']}:0" for t in overlay(out)["traces"])
     out = call(client, "prev_frame")
     assert out["session_info"]["frame"] == 2 and "step **3/4**" in out["frame_info"]
 

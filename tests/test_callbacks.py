@@ -48,7 +48,15 @@ def state(vis):
 
 
 def fig_of(out) -> dict:
-    return json.loads(out["plot"].json)
+    """What the plot shows after ``out``: the full figure when the handler redrew the base (its
+    overlays equal the overlay message's), else the overlay message's traces."""
+    overlay = json.loads(out["overlay"])
+    if "plot" not in out:
+        return {"data": overlay["traces"]}
+    fig = json.loads(out["plot"].json)
+    assert [t for t in fig["data"] if t.get("meta") != "pts"] == overlay["traces"]
+    assert fig["layout"]["meta"] == {"base": overlay["base"], "overlay": overlay["id"]}
+    return fig
 
 
 def traces(fig: dict, meta: str) -> list[dict]:
@@ -73,24 +81,38 @@ def test_map_figure_points_carry_only_an_index(vis, state):
     md = vis.model("digits")
     fig = json.loads(cb.figure(vis, state).json)
     pts = traces(fig, "pts")
-    assert [t["name"] for t in pts] == [md.class_names[k] for k in np.unique(md.metadata.class_label)]
+    classes = [md.class_names[k] for k in np.unique(md.metadata.class_label)]
+    assert [t["name"] for t in pts if t["showlegend"]] == classes  # one legend entry per class
+    assert sorted({t["name"] for t in pts}) == sorted(classes)
     ld = vis.layer("digits", "mid")
     seen = np.concatenate([decode(t["customdata"]) for t in pts])
     assert sorted(seen.tolist()) == list(range(md.n_points))
     for t in pts:
         assert t["type"] == "scattergl"
-        assert {t["x"]["dtype"], t["y"]["dtype"], t["customdata"]["dtype"], t["marker"]["opacity"]["dtype"]} == \
-            {"f4", "i4"}
+        assert {t["x"]["dtype"], t["y"]["dtype"], t["customdata"]["dtype"]} == {"f4", "i4"}
         assert not {"text", "hovertext", "ids"} & set(t)  # no per-point strings
         rows = decode(t["customdata"])
         np.testing.assert_allclose(decode(t["x"]), ld.embedding[rows, 0])
-        # opacity by noise level: the lowest noise level is the most opaque
-        opacity = decode(t["marker"]["opacity"])
-        levels = md.metadata.noise_level[rows]
-        assert opacity[levels == levels.min()].min() > opacity[levels == levels.max()].max()
+        assert len(set(md.metadata.noise_level[rows])) == 1  # 3 levels: one opacity band each
+    # opacity by noise level (one number per trace): the lowest noise level is the most opaque
+    opacity = {float(md.metadata.noise_level[decode(t["customdata"])[0]]): t["marker"]["opacity"] for t in pts}
+    assert opacity[min(opacity)] > opacity[max(opacity)]
     per_point = sum(len(json.dumps(t["x"])) + len(json.dumps(t["y"])) + len(json.dumps(t["customdata"]))
-                    + len(json.dumps(t["marker"]["opacity"])) for t in pts) / md.n_points
+                    for t in pts) / md.n_points
     assert per_point <= 40
+
+
+def test_clicks_send_overlays_not_points(vis, state):
+    s, out = cb.select_point(vis, state, 3)
+    assert "plot" not in out  # the points stay as drawn
+    msg = json.loads(out["overlay"])
+    assert msg["base"] == json.loads(cb.figure(vis, s).json)["layout"]["meta"]["base"]
+    assert [t["name"] for t in msg["traces"]] == ["selected"] and len(out["overlay"]) < 2000
+    s2, out2 = cb.select_point(vis, s, 3)
+    assert json.loads(out2["overlay"])["id"] == msg["id"]  # same overlays, same id: the browser skips it
+    s3, out3 = cb.filter_class(vis, s2, "3")  # a new base: the whole figure, with the overlays in it
+    assert "plot" in out3 and json.loads(out3["overlay"])["base"] != msg["base"]
+    assert ring(fig_of(out3), "selected") == [3]
 
 
 # ---- hover -------------------------------------------------------------------------------------
@@ -191,8 +213,7 @@ def test_class_filter(vis, state):
     count = int(np.sum(md.metadata.class_label == 3))
     assert s.class_filter == 3 and f"{count} points" in out["status"]
     for t in traces(fig_of(out), "pts"):
-        opacity = decode(t["marker"]["opacity"])
-        assert (opacity.min() > 0.2) == (t["name"] == "3")
+        assert (t["marker"]["opacity"] > 0.2) == (t["name"] == "3")
     s, out = cb.filter_class(vis, s, cb.ALL_CLASSES)
     assert s.class_filter is None
     s2, out = cb.filter_class(vis, s, "eleven")
@@ -349,8 +370,8 @@ def test_switch_model_and_isolated_sessions(vis):
     for _ in range(2):  # interleave: with one resident model, each call reloads its model transparently
         a, out_a = cb.suggest_knn(vis, a, 3, "map")
         b, out_b = cb.select_point(vis, b, 9)
-        assert json.loads(out_a["plot"].json)["layout"]["uirevision"].startswith("digits/")
-        assert json.loads(out_b["plot"].json)["layout"]["uirevision"].startswith(f"{SECOND}/")
+        assert json.loads(out_a["overlay"])["base"].startswith("digits/")
+        assert json.loads(out_b["overlay"])["base"].startswith(f"{SECOND}/")
     assert a.model == "digits" and a.selected == 5 and len(a.knn) == 3 and b.selected == 9 and b.knn == ()
     assert vis.cache.resident() == [SECOND] and vis.cache.loads["digits"] > loads.get("digits", 0)
     assert cb.switch_model(vis, a, "digits") == (a, {})  # the shown model again: nothing to do, nothing reset

@@ -3,6 +3,7 @@ backend that can run a model (browse-only, with a notice)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_without_a_backend_that_runs_models_the_app_browses_with_a_notice(tiny_d
     assert isinstance(vis.backend, UnavailableBackend) and "only browses" in vis.notice
     assert vis.layers("digits") == ["mid"]  # the layers on disk
     s, out = cb.select_point(vis, cb.initial_session(vis), 3)
-    assert ok(out) and out["plot"].json
+    assert ok(out) and json.loads(out["overlay"])["traces"]
     s2, out = cb.generate(vis, s, **GEN)
     assert out["status"].startswith("**Error") and "only browses" in out["status"] and s2 == s
     demo = create_gradio_app(vis, warmup=False)

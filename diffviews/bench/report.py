@@ -212,6 +212,49 @@ def _before_after_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+#: the issue's browser targets (p95, ms) per action and size
+BROWSER_TARGETS = {"page": {4000: 2000, 100000: 3000, 1000000: 10000},
+                   "hover": {4000: 100, 100000: 150, 1000000: 250},
+                   "click": {4000: 250, 100000: 400, 1000000: 1000},
+                   "knn": {4000: 250, 100000: 400, 1000000: 1000},
+                   "lasso": {4000: 250, 100000: 400, 1000000: 1000}}
+BROWSER_ACTIONS = {"page": "page → plot drawn", "hover": "hover → preview shown", "click": "click → selected ring",
+                   "knn": "KNN → rings", "lasso": "box select → neighbour rings"}
+
+
+def _browser_cell(run: dict | None, n: str, action: str) -> str:
+    cell = (run or {}).get(n, {}).get(action)
+    if not cell:
+        return "–"
+    if "error" in cell:
+        return cell["error"]
+    return f"{_ms(cell['p95_ms'])}"
+
+
+def browser_rows(results: dict) -> list[str]:
+    """The browser table: p95 per action and size, before (when measured) → after, next to the targets."""
+    b = results.get("browser")
+    if not b or "error" in b:
+        return [f"Browser: {b['error']}"] if b else []
+    after, before = b.get("after", {}), b.get("before")
+    sizes = [k for k in after if k.isdigit()]
+    head = " | ".join(f"{int(n):,} points: {'before → ' if before else ''}after (target)" for n in sizes)
+    lines = [f"| p95 in chromium | {head} |", "|---|" + "---|" * len(sizes)]
+    for action, label in BROWSER_ACTIONS.items():
+        cells = []
+        for n in sizes:
+            target = BROWSER_TARGETS[action].get(int(n))
+            now = _browser_cell(after, n, action)
+            was = f"{_browser_cell(before, n, action)} → " if before else ""
+            cells.append(f"{was}{now} (≤ {_ms(target)})" if target else f"{was}{now}")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    loads = ", ".join(f"{int(n):,}: {after[n].get('load_average')}" for n in sizes)
+    loads_per_size = after[sizes[0]]["page"]["actions"] if sizes else 0
+    lines.append(f"\nLoad average (1, 5, 15 min) after each size: {loads}; {loads_per_size} page loads and "
+                 "up to that many actions per cell.")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The results as markdown: header (command, machine, versions, backend), the main table
     and, when measured, our speed-ups before → after (same run)."""
@@ -225,4 +268,7 @@ def markdown(results: dict) -> str:
                   "nearest-neighbour-descent compile), measured in the same run:", "",
                   "| Measurement | Before | After |", "|---|---|---|"]
         lines += [f"| {name} | {before} | {after} |" for name, before, after in before_after]
+    browser = browser_rows(results)
+    if browser:
+        lines += ["", "In the browser (headless chromium, time from the action to the visible result):", "", *browser]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from .environment import describe, load_average
 log = logging.getLogger(__name__)
 
 SECTIONS = ("map_fit", "cuml", "startup", "memory", "layer_switch", "callbacks", "generation", "scale",
-            "extraction")
+            "extraction", "browser")
 FULL_SCALE = (10_000, 100_000, 1_000_000)
 QUICK_SCALE = (10_000,)
 #: clicks timed per synthetic size (fewer on the big maps: each click sends the whole figure)
@@ -37,6 +37,10 @@ class BenchOptions:
     quick: bool = False
     sections: tuple[str, ...] = SECTIONS
     command: str = "diffviews bench"
+    #: another checkout (e.g. main) whose app the browser section also measures, as "before"
+    browser_before: Path | None = None
+    #: map sizes of the browser section (default: 4k, 100k and 1M; --quick: 4k)
+    browser_sizes: tuple[int, ...] | None = None
 
     @property
     def calls(self) -> int:
@@ -106,7 +110,18 @@ def prepare(options: BenchOptions, root: Path) -> Workspace:
 
 
 def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], dict]]:
-    from . import callbacks, cuml_fit, extraction_families, generation, layer_switch, map_fit, memory, scale, startup
+    from . import (
+        browser,
+        callbacks,
+        cuml_fit,
+        extraction_families,
+        generation,
+        layer_switch,
+        map_fit,
+        memory,
+        scale,
+        startup,
+    )
 
     def cuml() -> dict:
         import numpy as np
@@ -114,6 +129,14 @@ def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], di
         return cuml_fit.measure(np.load(ws.activations), repeats=1 if options.quick else 2)
 
     clicks = {n: (5 if options.quick else FULL_CLICKS.get(n, 20)) for n in options.scale_sizes}
+
+    def in_browser() -> dict:
+        sizes = options.browser_sizes or (browser.QUICK_SIZES if options.quick else browser.SIZES)
+        actions = 5 if options.quick else 20
+        result = {"after": browser.measure(ws.data_dir, sizes, actions, actions)}
+        if options.browser_before is not None:
+            result["before"] = browser.measure(ws.data_dir, sizes, actions, actions, code_root=options.browser_before)
+        return result
     return {
         "map_fit": lambda: map_fit.measure(ws.activations, options.quick),
         "cuml": cuml,
@@ -124,6 +147,7 @@ def _sections(options: BenchOptions, ws: Workspace) -> dict[str, Callable[[], di
         "generation": lambda: generation.measure(ws.data_dir, ws.model, options.repeats),
         "scale": lambda: scale.measure(ws.data_dir, ws.model, options.scale_sizes, clicks),
         "extraction": lambda: extraction_families.section(options.quick),
+        "browser": in_browser,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,50 @@ def measure(data_dir: Path, model: str, sizes: list[int], clicks: dict[int, int]
         result[str(n)] = _one_size(vis, name, clicks[n])
         gc.collect()
     return result
+
+
+def replicate_model(src: Path, data_dir: Path, name: str, n_points: int, jitter: float = 0.05,
+                    seed: int = 0, layers: list[str] | None = None) -> Path:
+    """A model folder ``data_dir/name`` of at least ``n_points`` points made from the built model
+    folder ``src`` by repeating its samples: every copy of a sample keeps its class, image and
+    activations (real ones, so generation and its masks still work), gets a new sample id, and
+    sits at its original map position plus ``jitter`` (Gaussian) noise. Every layer with
+    activations and a 2-D map in ``src`` (or those of ``layers``) is copied this way; its projection pipeline projects
+    by k-NN onto the repeated map (no UMAP fit). Returns the new folder."""
+    from ..data.activations import list_layers, load_activations, read_sidecar, save_activations
+    from ..data.layers import layer_source
+    from ..data.layout import load_config, model_paths, write_config
+    from ..data.maps import load_embedding, save_embedding
+    from ..data.metadata import load_metadata, make_metadata, write_metadata
+    from ..processing.umap import UMAPPipeline
+
+    src_paths, dst = model_paths(src.parent, src.name), model_paths(data_dir, name)
+    meta = load_metadata(src_paths)
+    config = load_config(src_paths)
+    levels = meta.noise_levels
+    rows0 = meta.sample_rows  # first row of each sample (the first noise level)
+    samples = len(rows0)
+    copies = -(-int(n_points) // (samples * len(levels)))
+    shutil.copytree(src_paths.images, dst.images)
+    sigmas = [float(meta.sigma[meta.noise_level == v][0]) for v in levels]
+    new = make_metadata(np.arange(samples * copies), np.tile(meta.class_label[rows0], copies),
+                        config["class_names"], levels, sigmas, np.tile(meta.image[rows0], copies))
+    write_config(dst, {**config, "num_samples": samples * copies})
+    write_metadata(dst, new)
+    # row of the source point behind every new point (noise-level-major on both sides)
+    level, copy_sample = np.divmod(np.arange(len(new)), samples * copies)
+    origin = level * samples + copy_sample % samples
+    rng = np.random.default_rng(seed)
+    source = layer_source(dst, load_config(dst), new)
+    for layer in list_layers(src_paths) if layers is None else layers:
+        if not src_paths.embedding(layer).is_file():
+            continue
+        acts = np.asarray(load_activations(src_paths, layer))[origin]
+        save_activations(dst, layer, acts, source, shape=tuple(read_sidecar(src_paths, layer)["shape"]))
+        embedding, emeta = load_embedding(src_paths, layer)
+        moved = embedding[origin] + rng.normal(scale=jitter, size=(len(origin), 2)).astype(np.float32)
+        pipe = UMAPPipeline.from_embedding(acts, moved, **{k: v for k, v in emeta.get("params", {}).items()
+                                                           if k in UMAPPipeline._param_names()})
+        save_embedding(dst, layer, pipe, extra_meta={"source": source, "map": {"method": "replicated",
+                                                                               "copies": int(copies)}})
+    return dst.root

@@ -21,10 +21,13 @@ from .hooks import ActivationExtractor
 @torch.no_grad()
 def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_levels: Sequence[float],
                         layers: Sequence[str], seed: int = 0, batch_size: int = 256,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+                        progress: Callable[[int, int], None] | None = None,
+                        out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """``images`` (N, C, H, W) float32 in the model's range → {layer: (len(levels) * N, D) float32}.
     For a latent model ``images`` may be pixels in [-1, 1] (N, image_channels, image_resolution,
-    image_resolution): they are encoded first."""
+    image_resolution): they are encoded first. ``out`` gives the arrays to write into, batch by
+    batch (e.g. memory-mapped ``.npy`` files, so nothing bigger than a batch is held in memory);
+    missing layers are allocated."""
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     model_space = (adapter.channels, adapter.resolution, adapter.resolution)
@@ -38,8 +41,13 @@ def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_l
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
     n, layers = len(images), list(layers)
     shapes = adapter.get_layer_shapes()
-    out = {layer: np.empty((len(noise_levels) * n, int(np.prod(shapes[layer]))), dtype=np.float32)
-           for layer in layers}
+    out = dict(out or {})
+    for layer in layers:
+        want = (len(noise_levels) * n, int(np.prod(shapes[layer])))
+        if layer not in out:
+            out[layer] = np.empty(want, dtype=np.float32)
+        elif tuple(out[layer].shape) != want:
+            raise ValueError(f"out[{layer!r}] has shape {tuple(out[layer].shape)}; expected {want}")
     gen = torch.Generator().manual_seed(int(seed))
     total, done = len(noise_levels) * n, 0
     if encode:  # once, not at every noise level

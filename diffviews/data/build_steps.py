@@ -95,16 +95,16 @@ def _check_threads(threads: int | None) -> int | None:
 def _ensure_layer(paths: ModelPaths, adapter, layer: str, images: np.ndarray, labels: np.ndarray, source: dict,
                   force: bool, progress: bool, umap_params: dict | None, threads: int | None) -> None:
     """``layers.ensure_layer`` with activations extracted by ``adapter`` in this process."""
-    def extract(name: str) -> np.ndarray:
+    def extract_into(name: str, out: np.ndarray) -> None:
         n_points = expected_rows(source)
         with torch_threads(threads), tqdm(total=n_points, desc=f"{paths.name}: extract {name}", unit="pt",
                                           disable=not progress, leave=False) as bar:
-            return extract_activations(adapter, images, labels, source["noise_levels"], [name], seed=source["seed"],
-                                       batch_size=source["batch_size"],
-                                       progress=lambda done, total: bar.update(done - bar.n))[name]
+            extract_activations(adapter, images, labels, source["noise_levels"], [name], seed=source["seed"],
+                                batch_size=source["batch_size"], out={name: out},
+                                progress=lambda done, total: bar.update(done - bar.n))
 
-    ensure_layer(paths, layer, source, extract, adapter.get_layer_shapes()[layer], force=force,
-                 umap_params=umap_params)
+    ensure_layer(paths, layer, source, None, adapter.get_layer_shapes()[layer], force=force,
+                 umap_params=umap_params, extract_into=extract_into)
 
 
 def write_samples_and_layers(paths: ModelPaths, adapter, config: dict, sample_ids: np.ndarray, images_u8: np.ndarray,

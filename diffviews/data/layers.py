@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..processing.landmarks import fit_map
 from ..processing.umap import UMAPPipeline
 from .activations import delete_activations, load_activations, read_sidecar, save_activations
 from .layout import DataLayoutError, ModelPaths, resolve_checkpoint
@@ -188,23 +190,60 @@ def delete_maps(paths: ModelPaths, layer: str) -> None:
             p.unlink(missing_ok=True)
 
 
-def fit_here(umap_params: dict | None = None) -> Fit:
-    """The default ``fit``: a ``UMAPPipeline`` fitted in this process."""
+def fit_here(umap_params: dict | None = None, **map_options) -> Fit:
+    """The default ``fit``: ``processing.landmarks.fit_map`` in this process (all points up to its
+    threshold, landmarks above; ``map_options`` go to it). How the map was made is recorded
+    under "map" in the map's JSON (``{"method": "full"}`` or the landmark details)."""
     def fit(acts: np.ndarray):
-        return UMAPPipeline(n_components=2, **(umap_params or {})).fit(acts), {}
+        result = fit_map(acts, n_components=2, **map_options, **(umap_params or {}))
+        pipe = result.pipeline if result.info["method"] == "full" else whole_map_pipeline(result, acts)
+        return pipe, {"map": result.info}
 
     return fit
 
 
-def ensure_layer(paths: ModelPaths, layer: str, source: dict, extract: Extract, shape: tuple[int, ...],
+def whole_map_pipeline(result, acts: np.ndarray, batch: int = 65536) -> UMAPPipeline:
+    """The landmark-fitted pipeline of ``result`` (a ``MapFit``) turned into one for the whole map:
+    its scaler and PCA, every point's features and position, projecting new rows by k-NN
+    interpolation over all points (as the non-landmark points were placed)."""
+    pipe = result.pipeline
+    features = np.empty((acts.shape[0], pipe.train_features_.shape[1]), dtype=np.float32)
+    for start in range(0, acts.shape[0], batch):
+        features[start:start + batch] = pipe.preprocess(np.asarray(acts[start:start + batch]))
+    pipe.train_features_, pipe.embedding_, pipe.reducer_, pipe._knn = features, result.embedding, None, None
+    return pipe
+
+
+def _extract_streaming(paths: ModelPaths, layer: str, source: dict, shape: tuple[int, ...],
+                       extract_into: Callable[[str, np.ndarray], object]) -> np.ndarray:
+    """``extract_into(layer, out)`` writing into a memory-mapped ``.npy`` beside the activations
+    (batches go to disk, never all rows in memory), then saved as the layer's activations."""
+    n, d = expected_rows(source), int(np.prod(shape))
+    tmp = paths.activations(layer).with_name(f".{layer}.{os.getpid()}.stream.npy")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+        extract_into(layer, out)
+        out.flush()
+        save_activations(paths, layer, out, source, shape=tuple(shape))
+        del out
+    finally:
+        tmp.unlink(missing_ok=True)
+    return load_activations(paths, layer, expected_rows=n, mmap=True)
+
+
+def ensure_layer(paths: ModelPaths, layer: str, source: dict, extract: Extract | None, shape: tuple[int, ...],
                  fit: Fit | None = None, force: bool = False, umap_params: dict | None = None,
-                 progress: Progress | None = None) -> LayerState:
+                 progress: Progress | None = None,
+                 extract_into: Callable[[str, np.ndarray], object] | None = None) -> LayerState:
     """Build what is missing of ``layer`` (``force``: everything) and return its state before.
 
     Activations that are missing or stale are extracted with ``extract`` and saved with
     ``source`` and ``shape`` (their maps are deleted first: they are stale from then on);
     a missing or stale map is fitted with ``fit`` (default: ``fit_here(umap_params)``) and
-    saved with ``source``. ``progress(fraction, desc=...)`` hears about each step."""
+    saved with ``source``. ``progress(fraction, desc=...)`` hears about each step.
+    ``extract_into(layer, out)`` (instead of ``extract``) fills a memory-mapped (N, D) array in
+    batches, so a layer bigger than memory streams to disk."""
     say = progress if progress is not None else (lambda *a, **k: None)  # a gr.Progress() is falsy
     before = LayerState(False, False, "rebuild forced") if force else layer_state(paths, layer, source, umap_params)
     name, n = paths.name, expected_rows(source)
@@ -214,19 +253,23 @@ def ensure_layer(paths: ModelPaths, layer: str, source: dict, extract: Extract, 
         delete_maps(paths, layer)
         say(0.05, desc=f"Extracting layer {layer} for {n} points")
         t0 = time.perf_counter()
-        acts = np.asarray(extract(layer))
+        if extract_into is not None:
+            acts = _extract_streaming(paths, layer, source, shape, extract_into)
+        else:
+            acts = np.asarray(extract(layer))
         want_d = int(np.prod(shape))
         if acts.ndim != 2 or acts.shape != (n, want_d):
             delete_activations(paths, layer)
             raise RuntimeError(f"extraction of layer {layer!r} returned shape {acts.shape}; expected ({n}, {want_d})")
-        save_activations(paths, layer, acts, source, shape=tuple(shape))
+        if extract_into is None:
+            save_activations(paths, layer, acts, source, shape=tuple(shape))
         log.info("[%s] activations/%s.npy: extracted %s in %.1fs", name, layer, acts.shape, time.perf_counter() - t0)
     if before.map:
         log.info("[%s] embeddings/%s.csv: up to date, skipped", name, layer)
     else:
         say(0.5, desc=f"Fitting the 2-D map of {layer} (UMAP)")
         t0 = time.perf_counter()
-        acts = np.asarray(load_activations(paths, layer, expected_rows=n, mmap=False))
+        acts = load_activations(paths, layer, expected_rows=n, mmap=True)  # a landmark fit reads only rows it needs
         estimator, extra = (fit or fit_here(umap_params))(acts)
         save_embedding(paths, layer, estimator, extra_meta={"source": source, **extra})
         log.info("[%s] embeddings/%s.csv: fitted 2-D map of %d points in %.1fs", name, layer, n,

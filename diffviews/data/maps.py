@@ -233,6 +233,8 @@ def _rebuild_pipeline(X: np.ndarray, embedding: np.ndarray, meta: dict, refit: b
     params = {k: v for k, v in meta.get("params", {}).items() if k in names}
     params["n_components"] = meta["n_components"]
     fitted_backend = meta.get("backend", UMAP_LEARN)
+    if meta.get("map", {}).get("method", "full") != "full":
+        refit = False  # a landmark map: refitting every point would not give it back (and takes long)
     same_backend_here = fitted_backend == UMAP_LEARN or (fitted_backend == CUML and select_backend() == CUML)
     if refit and same_backend_here:
         params["backend"] = fitted_backend

@@ -24,7 +24,7 @@ import gradio as gr
 from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
 from . import steering as st
-from .layout import CUSTOM_CSS, PLOTLY_HANDLER_JS, build_layout
+from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
 from .models import ModelData
 from .visualizer import GradioVisualizer
 
@@ -33,12 +33,12 @@ __all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "add_notice", 
 
 log = logging.getLogger(__name__)
 
-VIEW = ["plot", "status", "session_info"]
+VIEW = ["plot", "status", "session_info", "overlay"]
 SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
 GENERATION = ["generated_image", "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown"]
 MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_steps", "gen_mask_steps",
          "gen_guidance", "gen_noise_max", "gen_noise_min"]
-FRAME = ["plot", "session_info", "frame_image", "frame_info"]
+FRAME = ["plot", "session_info", "frame_image", "frame_info", "overlay"]
 GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
               "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
 STEER_INPUTS = ["gen_class", "gen_steps", "window_from", "window_to", "gen_mode", "gen_alpha", "steer_layers",
@@ -127,6 +127,10 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
         for api_name, (component, event, fn, inputs, outputs, group) in EVENTS.items():
             extra = {"trigger_mode": "always_last"} if event == "change" else {}
             listen(component, event, _handler(vis, fn, outputs), inputs, outputs, api_name, group, **extra)
+
+        # overlay messages are applied in the browser, on the plot already drawn (no server round trip)
+        ui["overlay"].change(None, inputs=[ui["overlay"]], outputs=None, js=OVERLAY_JS, queue=False,
+                             api_visibility="private", show_progress="hidden")
 
         def hover(state, payload):
             out = cb.hover(vis, state, payload)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: every output a handler may set, by name (app.py maps them to components)
 OUTPUTS = (
-    "plot", "status", "session_info", "preview_image", "preview_info", "selected_image", "selected_info",
+    "plot", "overlay", "status", "session_info", "preview_image", "preview_info", "selected_image", "selected_info",
     "neighbor_gallery", "model_dropdown", "layer_dropdown", "view_radio", "class_filter", "gen_class",
     "gen_steps", "gen_mask_steps", "gen_guidance", "gen_noise_max", "gen_noise_min", "generated_image",
     "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown", "export_file",
@@ -193,18 +193,32 @@ def _visible_generations(vis: GradioVisualizer, state: Session) -> list:
     return [r for r in records if r is not None and r.model == state.model and r.layer == state.layer]
 
 
-def figure(vis: GradioVisualizer, state: Session):
+def overlays(vis: GradioVisualizer, state: Session) -> Overlays:
+    """What ``state`` draws over the map (a feature adding overlay traces adds them here)."""
     records = _visible_generations(vis, state)
-    overlays = Overlays(selected=state.selected, manual=state.manual, knn=state.knn, trajectories=records,
-                        active=state.active, frame=state.frame,
-                        set_b=state.set_b if state.set_b_model == state.model else (),
-                        flagged={r.id: [(f["extrapolated"], f["reason"]) for f in trajectory_flags(vis, r)]
-                                 for r in records})
-    return vis.figure(state.model, state.layer, state.view, state.class_filter, overlays)
+    return Overlays(selected=state.selected, manual=state.manual, knn=state.knn, trajectories=records,
+                    active=state.active, frame=state.frame,
+                    set_b=state.set_b if state.set_b_model == state.model else (),
+                    flagged={r.id: [(f["extrapolated"], f["reason"]) for f in trajectory_flags(vis, r)]
+                             for r in records})
 
 
-def _view(vis, state: Session, status: str | None = None) -> dict:
-    out = {"plot": figure(vis, state), "session_info": session_info(vis, state)}
+def figure(vis: GradioVisualizer, state: Session):
+    """The full figure (points and overlays) of ``state``: sent when the base changes."""
+    return vis.figure(state.model, state.layer, state.view, state.class_filter, overlays(vis, state))
+
+
+def overlay(vis: GradioVisualizer, state: Session) -> str:
+    """The overlay message of ``state`` (JSON, see ``figures.overlay_payload``): sent on every change."""
+    return vis.overlay(state.model, state.layer, state.view, state.class_filter, overlays(vis, state))
+
+
+def _view(vis, state: Session, status: str | None = None, redraw: bool = False) -> dict:
+    """The plot outputs: the overlay message, and the full figure when ``redraw`` (the base
+    changed: model, layer, view or class filter); otherwise the drawn points stay as they are."""
+    out = {"overlay": overlay(vis, state), "session_info": session_info(vis, state)}
+    if redraw:
+        out["plot"] = figure(vis, state)
     if status is not None:
         out["status"] = status
     return out
@@ -392,7 +406,7 @@ def filter_class(vis: GradioVisualizer, state: Session, class_name):
         state = replace(state, class_filter=label)
         status = (f"Class **{class_name}**: {count} points ({count // max(levels, 1)} samples × "
                   f"{levels} noise levels).")
-    return state, _view(vis, state, status)
+    return state, _view(vis, state, status, redraw=True)
 
 
 # ---- model, layer and view -------------------------------------------------------------------
@@ -434,7 +448,7 @@ def switch_model(vis: GradioVisualizer, state: Session, model, progress=gr.Progr
              f"{time.perf_counter() - t0:.2f} s."
     return state, {**_defaults(vis, model), "model_dropdown": gr.update(value=model),
                    "layer_dropdown": gr.update(choices=vis.model(model).hookable_layers, value=layer),
-                   **_view(vis, state, status), **_selection(vis, state), **_generation(vis, state)}
+                   **_view(vis, state, status, redraw=True), **_selection(vis, state), **_generation(vis, state)}
 
 
 @guarded
@@ -451,7 +465,7 @@ def switch_layer(vis: GradioVisualizer, state: Session, layer, progress=gr.Progr
     state = replace(state, active=_latest_generation(vis, state))
     how = "loaded from cache" if built else "extracted and mapped now, cached on disk"
     status = f"Layer **{layer}** {how} in {time.perf_counter() - t0:.2f} s."
-    return state, {"layer_dropdown": gr.update(value=layer), **_view(vis, state, status),
+    return state, {"layer_dropdown": gr.update(value=layer), **_view(vis, state, status, redraw=True),
                    **_selection(vis, state), **_generation(vis, state)}
 
 
@@ -466,7 +480,8 @@ def switch_view(vis: GradioVisualizer, state: Session, view, progress=gr.Progres
     status = f"{view} view of layer **{state.layer}** ({time.perf_counter() - t0:.2f} s)."
     if view == "3-D":
         status += " The noise levels are stacked along z; box/lasso selection is 2-D only."
-    return state, {"view_radio": gr.update(value=view), **_view(vis, state, status), **_selection(vis, state)}
+    return state, {"view_radio": gr.update(value=view), **_view(vis, state, status, redraw=True),
+                   **_selection(vis, state)}
 
 
 # ---- generation --------------------------------------------------------------------------------

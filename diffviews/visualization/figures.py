@@ -1,15 +1,26 @@
-"""The map as a Plotly figure, written as JSON directly.
+"""The map as a Plotly figure (sent once per base) and its overlays (sent on every change).
 
-The points of a map are float32 / int32 typed arrays (base64, as plotly.js decodes them)
-and carry only their index (``customdata``); class names live once per trace (legend).
-The encoded base traces are cached per (view, class filter) on the ``LayerData``, so a
-click only adds the small overlay traces: rings for the selection and neighbours, and the
-trajectories of generations.
+The *base* of a figure is the point cloud of one (model, layer, view, class filter): float32 /
+int32 typed arrays (base64, as plotly.js decodes them) carrying only the point index
+(``customdata``), one trace per class and opacity band (``meta == "pts"``; the legend shows
+one entry per class). Its encoded traces are cached on the ``LayerData``; the browser gets
+them once, in the ``gr.Plot`` value (``build_figure``).
+
+Everything drawn over the points is an *overlay*: a list of small named Plotly traces
+(``meta != "pts"``): the selection and neighbour rings, the KNN rings, trajectories, and
+whatever a feature adds through ``Overlays.extra`` (e.g. a reference set drawn with
+``ring_trace``) or ``Overlays.trajectory_markers`` (per-step marker styles of a trajectory).
+``overlay_payload`` turns them into a small JSON message; the page's overlay script
+(``layout.OVERLAY_JS``) swaps them in place on the existing plot (``Plotly.react`` with the
+unchanged base trace objects), so a click never resends the points. ``build_figure`` bakes
+the same overlays into a full figure, so a base change (new layer, view, class filter) and
+its overlays arrive together.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +30,8 @@ import numpy as np
 from .generations import GenerationRecord
 from .models import LayerData, ModelData
 
-__all__ = ["PlotFigure", "Overlays", "build_figure", "class_color", "CLASS_COLORS"]
+__all__ = ["PlotFigure", "Overlays", "build_figure", "overlay_traces", "overlay_payload", "base_key", "ring_trace",
+           "map_title", "class_color", "CLASS_COLORS"]
 
 CLASS_COLORS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22",
                 "#17BECF", "#D62728", "#393B79", "#637939", "#8C6D31", "#843C39", "#7B4173", "#3182BD")
@@ -30,6 +42,11 @@ TRAJ_ACTIVE, TRAJ_OTHER = "#FF4500", "#505050"
 OPACITY_RANGE, SIZE_RANGE_3D = (0.95, 0.3), (5.0, 2.0)
 DIM_OPACITY = 0.07
 PLOT_HEIGHT = 620
+#: noise levels are drawn in at most this many opacity (3-D: size) bands, each a trace with one
+#: scalar opacity: per-point opacity arrays make plotly's scattergl redraw 5-10x slower at 1M points
+MAX_BANDS = 8
+#: rings with more points than this are WebGL (``scattergl``) rather than SVG markers
+GL_RING_POINTS = 1000
 
 
 class PlotFigure:
@@ -68,46 +85,88 @@ class Overlays:
     set_b: Sequence[int] = ()  # reference set B (steering)
     #: generation id -> per sample (extrapolated (S,) bool, reason (S,) str) of its trajectory steps
     flagged: Mapping[str, Sequence[tuple[Sequence[bool], Sequence[str]]]] = field(default_factory=dict)
+    #: more named overlay traces (plotly trace dicts with a ``name`` and a ``meta`` other than
+    #: "pts"; build them with ``ring_trace``), drawn after the trajectories in this order
+    extra: Sequence[dict] = ()
+    #: generation id -> marker properties merged into its trajectory line's markers; values may
+    #: be per-step lists (e.g. ``{"symbol": ["circle", "circle-open", ...]}`` for extrapolated steps)
+    trajectory_markers: dict = field(default_factory=dict)
+
+
+def base_key(md: ModelData, ld: LayerData, view: str, class_filter: int | None) -> str:
+    """Names the point cloud the browser has drawn: overlays apply only on the same base."""
+    return f"{md.name}/{ld.layer}/{view}/{'all' if class_filter is None else class_filter}/{ld.n_points}"
+
+
+def _bands(level_rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(band per point, position 0..1 of each band from the lowest to the highest noise level)."""
+    n_levels = max(int(level_rank.max()) + 1, 1) if level_rank.size else 1
+    n_bands = min(n_levels, MAX_BANDS)
+    band = (level_rank * n_bands // n_levels).astype(np.int64)
+    centre = np.array([(b + 0.5) * n_levels / n_bands - 0.5 for b in range(n_bands)])
+    return band, centre / max(n_levels - 1, 1)
 
 
 def _base_traces(md: ModelData, ld: LayerData, view: str, class_filter: int | None) -> list[str]:
-    """The encoded point traces, one per class, cached per (view, class filter)."""
+    """The encoded point traces, one per (class, noise band), cached per (view, class filter)."""
     key = (view, class_filter)
     cached = ld.figure_cache.get(key)
     if cached is not None:
         return cached
     coords = ld.coords(view)
     labels = md.metadata.class_label
-    n_levels = max(int(md.level_rank.max()) + 1, 1)
-    t = md.level_rank / max(n_levels - 1, 1)  # 0 = lowest noise, 1 = highest
-    traces = []
+    band, t = _bands(md.level_rank)
+    traces, legend = [], set()
     for k in np.unique(labels):
-        rows = np.flatnonzero(labels == k)
         dim = class_filter is not None and int(k) != class_filter
-        trace = {"name": md.class_name(int(k)), "legendgroup": f"c{int(k)}", "meta": "pts", "mode": "markers",
-                 "x": _typed(coords[rows, 0], "f4"), "y": _typed(coords[rows, 1], "f4"),
-                 "customdata": _typed(rows, "i4"),
-                 "hovertemplate": "class %{fullData.name} · #%{customdata}<extra></extra>"}
-        if view == "2-D":
-            opacity = OPACITY_RANGE[0] + (OPACITY_RANGE[1] - OPACITY_RANGE[0]) * t[rows]
-            if dim:
-                opacity = np.full(len(rows), DIM_OPACITY)
-            trace.update(type="scattergl", marker={"color": class_color(int(k)), "size": 6,
-                                                   "opacity": _typed(opacity, "f4"), "line": {"width": 0}})
-        else:
-            size = SIZE_RANGE_3D[0] + (SIZE_RANGE_3D[1] - SIZE_RANGE_3D[0]) * t[rows]
-            trace.update(type="scatter3d", z=_typed(coords[rows, 2], "f4"),
-                         marker={"color": class_color(int(k)), "size": _typed(size, "f4"),
-                                 "opacity": DIM_OPACITY if dim else 0.85, "line": {"width": 0}})
-        traces.append(json.dumps(trace, separators=(",", ":")))
+        in_class = labels == k
+        for b in range(len(t)):
+            rows = np.flatnonzero(in_class & (band == b))
+            if rows.size == 0:
+                continue
+            trace = {"name": md.class_name(int(k)), "legendgroup": f"c{int(k)}", "meta": "pts", "mode": "markers",
+                     "showlegend": int(k) not in legend,
+                     "x": _typed(coords[rows, 0], "f4"), "y": _typed(coords[rows, 1], "f4"),
+                     "customdata": _typed(rows, "i4"),
+                     "hovertemplate": "class %{fullData.name} · #%{customdata}<extra></extra>"}
+            if view == "2-D":
+                opacity = DIM_OPACITY if dim else OPACITY_RANGE[0] + (OPACITY_RANGE[1] - OPACITY_RANGE[0]) * t[b]
+                trace.update(type="scattergl", marker={"color": class_color(int(k)), "size": 6,
+                                                       "opacity": round(float(opacity), 3), "line": {"width": 0}})
+            else:
+                size = SIZE_RANGE_3D[0] + (SIZE_RANGE_3D[1] - SIZE_RANGE_3D[0]) * t[b]
+                trace.update(type="scatter3d", z=_typed(coords[rows, 2], "f4"),
+                             marker={"color": class_color(int(k)), "size": round(float(size), 2),
+                                     "opacity": DIM_OPACITY if dim else 0.85, "line": {"width": 0}})
+            legend.add(int(k))
+            traces.append(json.dumps(trace, separators=(",", ":")))
     with ld.lock:
         ld.figure_cache[key] = traces
     return traces
 
 
-def _layout(md: ModelData, ld: LayerData, view: str) -> dict:
+def map_title(md: ModelData, ld: LayerData, view: str = "2-D") -> str:
+    """The plot title: model, layer, size, and how the map was made when it was not a plain fit."""
     title = f"{md.name} · {ld.layer} · {ld.n_points} points ({len(md.noise_levels)} noise levels)"
-    title += _quality_subtitle(ld) if view == "2-D" else ""
+    how = describe_map(ld.embedding_meta.get("map"))
+    title = f"{title} · {how}" if how else title
+    return title + (_quality_subtitle(ld) if view == "2-D" else "")
+
+
+def describe_map(info: dict | None) -> str:
+    """A few words on how a map was made, from its metadata's ``map`` entry ("" for a full fit)."""
+    if not info or info.get("method", "full") == "full":
+        return ""
+    if info.get("method") != "landmarks":
+        return f"map: {info.get('method')}"
+    text = f"map: UMAP on {info.get('n_landmarks', '?')} landmarks, rest placed by {info.get('placement', 'knn')}"
+    if info.get("refine_epochs"):
+        text += f" + {info['refine_epochs']} refinement epochs"
+    return text
+
+
+def _layout(md: ModelData, ld: LayerData, view: str) -> dict:
+    title = map_title(md, ld, view)
     layout = {"uirevision": f"{md.name}/{ld.layer}/{view}", "height": PLOT_HEIGHT, "hovermode": "closest",
               "margin": {"l": 10, "r": 10, "t": 52 if "<br>" in title else 36, "b": 10},
               "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
@@ -137,10 +196,7 @@ def _quality_subtitle(ld: LayerData) -> str:
 
 def _set_b_ring(coords: np.ndarray, rows: Sequence[int], view: str) -> dict | None:
     """Reference set B: open squares in ``RING_SET_B``, distinct from set A's circles."""
-    trace = _ring(coords, rows, RING_SET_B, 14, "set B", view)
-    if trace is not None:
-        trace["marker"]["symbol"] = "square-open"
-    return trace
+    return ring_trace(coords, rows, RING_SET_B, 14, "set B", view, symbol="square-open")
 
 
 def _extrapolated_steps(rec: GenerationRecord, coords: np.ndarray, flagged, active: bool, view: str) -> list[dict]:
@@ -166,14 +222,22 @@ def _extrapolated_steps(rec: GenerationRecord, coords: np.ndarray, flagged, acti
     return out
 
 
-def _ring(coords: np.ndarray, rows: Sequence[int], color: str, size: int, name: str, view: str) -> dict | None:
+def ring_trace(coords: np.ndarray, rows: Sequence[int], color: str, size: int, name: str, view: str,
+               symbol: str = "circle-open") -> dict | None:
+    """Open markers of ``color`` around map points ``rows`` (``coords``: the view's coordinates):
+    an overlay trace named ``name`` (meta "ring"; clicks and box/lasso on it count as the point),
+    or None when ``rows`` is empty. Many rings are drawn with WebGL."""
     rows = [int(r) for r in rows]
     if not rows:
         return None
-    trace = {"type": "scatter" if view == "2-D" else "scatter3d", "mode": "markers", "name": name,
+    if view == "2-D":
+        kind = "scattergl" if len(rows) > GL_RING_POINTS else "scatter"
+    else:
+        kind = "scatter3d"
+    trace = {"type": kind, "mode": "markers", "name": name,
              "meta": "ring", "showlegend": False, "hoverinfo": "skip",
              "x": coords[rows, 0].round(5).tolist(), "y": coords[rows, 1].round(5).tolist(), "customdata": rows,
-             "marker": {"symbol": "circle-open", "size": size if view == "2-D" else max(size // 2, 4),
+             "marker": {"symbol": symbol, "size": size if view == "2-D" else max(size // 2, 4),
                         "color": color, "line": {"width": 2.5, "color": color}}}
     if view != "2-D":
         trace["z"] = coords[rows, 2].round(5).tolist()
@@ -181,7 +245,7 @@ def _ring(coords: np.ndarray, rows: Sequence[int], color: str, size: int, name: 
 
 
 def _trajectory_traces(rec: GenerationRecord, coords: np.ndarray, active: bool, frame: int | None,
-                       view: str) -> list[dict]:
+                       view: str, markers: dict | None = None) -> list[dict]:
     """Line + start/end markers (and the current frame) for every sample of one generation."""
     out = []
     scatter = "scatter" if view == "2-D" else "scatter3d"
@@ -201,7 +265,7 @@ def _trajectory_traces(rec: GenerationRecord, coords: np.ndarray, active: bool, 
         line = {"type": scatter, "mode": "lines+markers", "name": f"trajectory {rec.id[:6]}", "meta": meta,
                 "showlegend": False, "customdata": steps, "hovertemplate": hover,
                 "line": {"color": color, "width": 3 if active else 1.5},
-                "marker": {"size": 5 if view == "2-D" else 3, "color": color}, **pts(steps)}
+                "marker": {"size": 5 if view == "2-D" else 3, "color": color, **(markers or {})}, **pts(steps)}
         start = {"type": scatter, "mode": "markers", "name": "start", "meta": meta, "showlegend": False,
                  "customdata": [0], "hovertemplate": hover,
                  "marker": {"symbol": "diamond", "size": 13 if view == "2-D" else 7, "color": "#00A000",
@@ -220,32 +284,68 @@ def _trajectory_traces(rec: GenerationRecord, coords: np.ndarray, active: bool, 
     return out
 
 
-def build_figure(md: ModelData, ld: LayerData, view: str, class_filter: int | None, overlays: Overlays | None,
-                 trajectory_coords: Callable[[GenerationRecord, str], np.ndarray]) -> PlotFigure:
-    """The whole figure: the cached base traces of ``ld`` in ``view`` plus ``overlays``;
-    ``trajectory_coords(record, view)`` places a generation's trajectory on the map."""
+def overlay_traces(ld: LayerData, view: str, overlays: Overlays | None,
+                   trajectory_coords: Callable[[GenerationRecord, str], np.ndarray]) -> list[dict]:
+    """Every overlay trace of ``overlays`` on ``ld``'s map in ``view``, in drawing order: KNN,
+    neighbour and selection rings, trajectories, then ``overlays.extra``."""
     ov = overlays or Overlays()
     coords = ld.coords(view)
-    extra = []
+    out = []
     for rows, color, size, name in ((ov.knn, RING_KNN, 13, "knn"), (ov.manual, RING_MANUAL, 15, "neighbours"),
                                     ([] if ov.selected is None else [ov.selected], RING_SELECTED, 19,
                                      "selected")):
-        ring = _ring(coords, rows, color, size, name, view)
+        ring = ring_trace(coords, rows, color, size, name, view)
         if ring is not None:
-            extra.append(ring)
+            out.append(ring)
     set_b = _set_b_ring(coords, ov.set_b, view)
     if set_b is not None:
-        extra.insert(0, set_b)
+        out.insert(0, set_b)
     for rec in ov.trajectories:
         active = rec.id == ov.active
         xyz = trajectory_coords(rec, view)
-        traj = _trajectory_traces(rec, xyz, active, ov.frame if active else None, view)
+        traj = _trajectory_traces(rec, xyz, active, ov.frame if active else None, view,
+                                  ov.trajectory_markers.get(rec.id))
         for trace in _extrapolated_steps(rec, xyz, ov.flagged.get(rec.id, ()), active, view):
             line = next(i for i, t in enumerate(traj) if t["meta"] == trace["meta"])
             traj.insert(line + 1, trace)  # over the line's dots, under the start/end markers
-        extra += traj
-    data = _base_traces(md, ld, view, class_filter) + [json.dumps(t, separators=(",", ":")) for t in extra]
+        out += traj
+    for trace in ov.extra:
+        if not isinstance(trace, dict) or not trace.get("name") or trace.get("meta") in (None, "pts"):
+            raise ValueError("an extra overlay must be a trace dict with a 'name' and a 'meta' other than 'pts'")
+        out.append(trace)
+    return out
+
+
+def _overlay_message(key: str, title: str, traces: list[dict]) -> tuple[str, str]:
+    """(overlay id, JSON of the traces): the id names the overlay content, so an unchanged
+    overlay is never redrawn."""
+    text = json.dumps(traces, separators=(",", ":"))
+    return hashlib.blake2b(f"{key}|{title}|{text}".encode(), digest_size=8).hexdigest(), text
+
+
+def overlay_payload(md: ModelData, ld: LayerData, view: str, class_filter: int | None, overlays: Overlays | None,
+                    trajectory_coords: Callable[[GenerationRecord, str], np.ndarray]) -> str:
+    """The small JSON message that updates the overlays in the browser:
+    ``{"base": base_key, "id": content id, "title": plot title, "traces": [overlay traces]}``."""
+    key, title = base_key(md, ld, view, class_filter), map_title(md, ld, view)
+    ident, traces = _overlay_message(key, title, overlay_traces(ld, view, overlays, trajectory_coords))
+    return ('{"base":' + json.dumps(key) + ',"id":"' + ident + '","title":' + json.dumps(title)
+            + ',"traces":' + traces + "}")
+
+
+def build_figure(md: ModelData, ld: LayerData, view: str, class_filter: int | None, overlays: Overlays | None,
+                 trajectory_coords: Callable[[GenerationRecord, str], np.ndarray]) -> PlotFigure:
+    """The whole figure: the cached base traces of ``ld`` in ``view`` plus ``overlays``;
+    ``trajectory_coords(record, view)`` places a generation's trajectory on the map.
+    ``layout.meta`` names the base and the overlay content (see ``overlay_payload``)."""
+    extra = overlay_traces(ld, view, overlays, trajectory_coords)
+    key = base_key(md, ld, view, class_filter)
+    layout = _layout(md, ld, view)
+    ident, traces = _overlay_message(key, layout["title"]["text"], extra)
+    layout["meta"] = {"base": key, "overlay": ident}
+    data = _base_traces(md, ld, view, class_filter)
     config = {"displaylogo": False, "scrollZoom": True, "responsive": True}
-    text = ('{"data":[' + ",".join(data) + '],"layout":' + json.dumps(_layout(md, ld, view))
-            + ',"config":' + json.dumps(config) + "}")
+    overlay_part = traces[1:-1]
+    text = ('{"data":[' + ",".join(data) + ("," + overlay_part if overlay_part else "") + '],"layout":'
+            + json.dumps(layout) + ',"config":' + json.dumps(config) + "}")
     return PlotFigure(text)

@@ -12,6 +12,15 @@ value (``props.value``), which fires the component's ``change`` event in Python.
 the value is enough; calling ``trigger('change')`` as well would deliver every event
 twice. The handlers are re-attached whenever the plot div is replaced (a flag on the
 div, checked on DOM mutations and on a short interval).
+
+Overlays: the ``gr.Plot`` value (all points) changes only when the base changes (model,
+layer, view, class filter). Every handler also sets the hidden ``overlay`` textbox to the
+overlay message (``figures.overlay_payload``); its ``change`` event runs ``OVERLAY_JS`` in
+the browser, which swaps the plot's overlay traces (every trace whose meta is not "pts")
+for the message's, keeping the base trace objects, so plotly never re-reads the points.
+A message for another base than the one drawn waits: the full figure on its way carries the
+same overlays (``layout.meta.overlay`` names them), and a redraw that lost them (plotly_afterplot)
+gets them back.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from .steering import SWEEP_DEFAULTS, WINDOW_DEFAULT
 from .visualizer import GradioVisualizer
 
 CUSTOM_CSS = """
-#hover-bridge, #plot-bridge { display: none !important; }
+#hover-bridge, #plot-bridge, #plot-overlay { display: none !important; }
 #umap-plot { min-height: 640px; }
 #status { min-height: 2.6em; padding: 4px 8px; border-radius: 6px; background: var(--background-fill-secondary); }
 #preview-info, #selected-info, #frame-info { font-size: 0.9em; }
@@ -81,6 +90,41 @@ function attach() {
 attach();
 new MutationObserver(attach).observe(document.body, {childList: true, subtree: true});
 setInterval(attach, 500);
+"""
+
+OVERLAY_JS = r"""
+(text) => {
+  const w = window;
+  if (text) {
+    try { w.__dvOverlay = JSON.parse(text); } catch (err) { return; }
+  }
+  function apply() {
+    const msg = w.__dvOverlay;
+    const gd = document.querySelector('#umap-plot .js-plotly-plot');
+    if (!msg || !gd || !w.Plotly || !gd.layout || !Array.isArray(gd.data)) return false;
+    if (!gd.__dvWatch) {
+      gd.__dvWatch = true;
+      gd.on('plotly_afterplot', () => setTimeout(apply, 0));
+    }
+    const meta = gd.layout.meta || {};
+    if (meta.base !== msg.base || meta.overlay === msg.id || gd.__dvBusy) return true;
+    gd.__dvBusy = true;
+    const base = gd.data.filter(t => t.meta === 'pts');
+    const layout = Object.assign({}, gd.layout, {meta: {base: msg.base, overlay: msg.id}});
+    layout.title = Object.assign({}, gd.layout.title || {}, {text: msg.title});
+    const t0 = performance.now();
+    const done = () => { gd.__dvBusy = false; setTimeout(apply, 0); };
+    w.Plotly.react(gd, base.concat(msg.traces), layout).then(() => {
+      w.__dvOverlayShown = {id: msg.id, ms: performance.now() - t0};
+      done();
+    }, done);
+    return true;
+  }
+  if (!apply()) {
+    let tries = 0;
+    const timer = setInterval(() => { if (apply() || ++tries > 200) clearInterval(timer); }, 50);
+  }
+}
 """
 
 INTRO = ("**DiffViews** · hover the map to preview samples · click to select (red) · tick *Click adds/removes "
@@ -127,6 +171,8 @@ def build_layout(vis: GradioVisualizer, session: Session) -> dict[str, gr.compon
                     ui["clear_button"] = gr.Button("Clear", elem_id="clear-button")
         with gr.Column(scale=3, min_width=480):
             ui["plot"] = gr.Plot(figure(vis, session), show_label=False, elem_id="umap-plot")
+            ui["overlay"] = gr.Textbox("", show_label=False, container=False, interactive=False, max_lines=1,
+                                       elem_id="plot-overlay")
             ui["status"] = gr.Markdown(f"Model **{session.model}**, layer **{session.layer}**: {md.n_points} "
                                        "points. Hover to preview, click to select.", elem_id="status")
             ui["hover_bridge"] = _bridge("hover-bridge", "hover")

@@ -28,7 +28,7 @@ from ..backends.protocol import Backend, GenerationRequest
 from ..core.masking import compute_mask_dict
 from . import gpu_ops
 from .exports import ExportFolder, export_generation, export_selection
-from .figures import Overlays, PlotFigure, build_figure
+from .figures import Overlays, PlotFigure, build_figure, overlay_payload
 from .generations import GenerationRecord, GenerationStore
 from .layer_access import LayerAccess, Progress, no_progress
 
@@ -58,11 +58,21 @@ class GradioVisualizer(LayerAccess):
     # -- figures -----------------------------------------------------------------------------
     def figure(self, model: str, layer: str, view: str = "2-D", class_filter: int | None = None,
                overlays: Overlays | None = None) -> PlotFigure:
-        md = self.model(model)
+        """The full figure: the points of (model, layer, view, class filter) and ``overlays``."""
+        md, ld = self._view_data(model, layer, view)
+        return build_figure(md, ld, view, class_filter, overlays, self.trajectory_coords)
+
+    def overlay(self, model: str, layer: str, view: str = "2-D", class_filter: int | None = None,
+                overlays: Overlays | None = None) -> str:
+        """The overlay message (JSON) that updates ``overlays`` on a figure of the same base in place."""
+        md, ld = self._view_data(model, layer, view)
+        return overlay_payload(md, ld, view, class_filter, overlays, self.trajectory_coords)
+
+    def _view_data(self, model: str, layer: str, view: str):
         ld = self.layer(model, layer)
         if view == "3-D" and ld.aligned is None:
             ld = self.ensure_view(model, layer, view)
-        return build_figure(md, ld, view, class_filter, overlays, self.trajectory_coords)
+        return self.model(model), ld
 
     # -- hover, selection, neighbours ---------------------------------------------------------
     def point_info(self, model: str, layer: str, view: str, index: int) -> str:
