@@ -44,7 +44,8 @@ def vis(data_dir):
 
 
 def fig_of(out) -> dict:
-    return json.loads(out["plot"].json)
+    """The overlay traces a handler sent (rings, set B, trajectories) as a figure's ``data``."""
+    return {"data": json.loads(out["overlay"])["traces"]}
 
 
 def is_error(out: dict) -> bool:
