@@ -1,5 +1,11 @@
 """Generations: one record per run (result, trajectory positions, step images) and the
-bounded store that keeps them by unguessable id (a session only ever names its own)."""
+bounded store that keeps them by unguessable id (a session only ever names its own).
+
+The store is per session: each record has an owner (the session that made it), a session
+keeps at most ``per_session`` records (its own oldest make room), and all records together
+stay within ``max_bytes``; when they would not, the new record is refused (``StoreFull``)
+rather than another session's evicted. Step images are built on demand and only the last
+few are kept per record (``STEP_CACHE``)."""
 
 from __future__ import annotations
 
@@ -14,7 +20,18 @@ import numpy as np
 from ..backends.protocol import GenerationResult
 from .models import upscale
 
-__all__ = ["GenerationRecord", "GenerationStore", "inset", "tile"]
+__all__ = ["GenerationRecord", "GenerationStore", "StoreFull", "inset", "tile", "STEP_CACHE"]
+
+#: composite step images kept per record (the rest are rebuilt on demand, ~0.1 ms each)
+STEP_CACHE = 8
+#: generations one session keeps (its oldest are dropped beyond this)
+PER_SESSION = 20
+#: bytes all stored generations may take together
+MAX_BYTES = 1 << 30
+
+
+class StoreFull(ValueError):
+    """The generation store is at its byte or count budget; nothing was evicted for it."""
 
 
 @dataclass(eq=False)
@@ -31,7 +48,9 @@ class GenerationRecord:
     result: GenerationResult
     coords: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (S, B, 2|3) float32
     created: float = field(default_factory=time.time)
-    _composites: dict = field(default_factory=dict, repr=False)
+    owner: str = ""
+    dropped: list = field(default_factory=list)  # ids of the owner's older records dropped to store this one
+    _composites: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
     def num_steps(self) -> int:
@@ -52,8 +71,22 @@ class GenerationRecord:
         key = (step, sample)
         img = self._composites.get(key)
         if img is None:
-            img = self._composites[key] = inset(self.result.denoised[step, sample], self.result.noised[step, sample])
+            img = inset(self.result.denoised[step, sample], self.result.noised[step, sample])
+        self._composites[key] = img
+        self._composites.move_to_end(key)
+        while len(self._composites) > STEP_CACHE:
+            self._composites.popitem(last=False)
         return img
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the result's arrays, the map positions and the (bounded) step-image cache
+        at its largest."""
+        r = self.result
+        arrays = [r.images, r.denoised, r.noised, r.sigmas, r.noise_levels, *r.trajectory.values(),
+                  *self.coords.values()]
+        step = self.step_image(0, 0).nbytes if self.num_steps else 0
+        return int(sum(np.asarray(a).nbytes for a in arrays)) + STEP_CACHE * step
 
     def frame_image(self, step: int) -> np.ndarray:
         return tile([self.step_image(step, b) for b in range(self.num_samples)])
@@ -63,30 +96,70 @@ class GenerationRecord:
 
 
 class GenerationStore:
-    """Generation records by id, least recently used dropped beyond ``max_items``."""
+    """Generation records by id, owned by sessions (see the module docstring).
 
-    def __init__(self, max_items: int = 256):
-        self.max_items = max_items
+    ``max_items`` bounds the number of records of all sessions together, ``per_session`` the
+    records of one owner, ``max_bytes`` the bytes of all of them (``GenerationRecord.nbytes``)."""
+
+    def __init__(self, max_items: int = 256, per_session: int = PER_SESSION, max_bytes: int = MAX_BYTES):
+        if min(max_items, per_session, max_bytes) < 1:
+            raise ValueError(f"max_items, per_session and max_bytes must be >= 1, got {max_items}, {per_session}, "
+                             f"{max_bytes}")
+        self.max_items, self.per_session, self.max_bytes = max_items, per_session, max_bytes
         self._items: OrderedDict[str, GenerationRecord] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, record: GenerationRecord) -> None:
+    def add(self, record: GenerationRecord, owner: str = "") -> list[str]:
+        """Store ``record`` for ``owner``; returns the ids of the owner's own records dropped to
+        make room (oldest first). Raises ``StoreFull`` when the store cannot take it without
+        evicting another session's records."""
+        size = record.nbytes
+        record.owner = owner
         with self._lock:
+            mine = [g for g, r in self._items.items() if r.owner == owner]
+            dropped = mine[:max(0, len(mine) + 1 - self.per_session)]
+            room = self.max_bytes - (self._total() - sum(self._sizes[g] for g in dropped))
+            if size > room or len(self._items) - len(dropped) + 1 > self.max_items:
+                raise StoreFull(f"the server holds as many generations as it can right now "
+                                f"({len(self._items)} using {self._total() / 2**20:.0f} MiB); clear your "
+                                f"trajectories or try again later")
+            for g in dropped:
+                self._pop(g)
             self._items[record.id] = record
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            self._sizes[record.id] = size
+        return dropped
 
     def get(self, gen_id: str) -> GenerationRecord | None:
         with self._lock:
-            rec = self._items.get(gen_id)
-            if rec is not None:
-                self._items.move_to_end(gen_id)
-            return rec
+            return self._items.get(gen_id) if isinstance(gen_id, str) else None
 
     def discard(self, ids: Sequence[str]) -> None:
         with self._lock:
             for gen_id in ids:
-                self._items.pop(gen_id, None)
+                self._pop(gen_id)
+
+    def discard_owner(self, owner: str) -> None:
+        """Drop every record of ``owner`` (its session ended)."""
+        with self._lock:
+            for gen_id in [g for g, r in self._items.items() if r.owner == owner]:
+                self._pop(gen_id)
+
+    def owned(self, owner: str) -> list[str]:
+        with self._lock:
+            return [g for g, r in self._items.items() if r.owner == owner]
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._total()
+
+    def _total(self) -> int:
+        return sum(self._sizes.values())
+
+    def _pop(self, gen_id: str) -> None:
+        self._items.pop(gen_id, None)
+        self._sizes.pop(gen_id, None)
 
     def __len__(self) -> int:
         return len(self._items)
