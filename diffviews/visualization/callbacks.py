@@ -94,10 +94,10 @@ def _number(name: str, value, lo, hi, integer: bool):
             raise TypeError
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{name} must be a number within [{lo}, {hi}], got {value!r}") from None
+        raise UserError(f"{name} must be a number within [{lo}, {hi}], got {value!r:.40}") from None
     if not np.isfinite(number) or not lo <= number <= hi or (integer and number != int(number)):
         kind = "an integer" if integer else "a number"
-        raise UserError(f"{name} must be {kind} within [{lo}, {hi}], got {value!r}")
+        raise UserError(f"{name} must be {kind} within [{lo}, {hi}], got {value!r:.40}")
     return int(number) if integer else number
 
 

@@ -86,7 +86,8 @@ class GenerationRecord:
         arrays = [r.images, r.denoised, r.noised, r.sigmas, r.noise_levels, *r.trajectory.values(),
                   *self.coords.values()]
         step = self.step_image(0, 0).nbytes if self.num_steps else 0
-        return int(sum(np.asarray(a).nbytes for a in arrays)) + STEP_CACHE * step
+        cached = min(STEP_CACHE, self.num_steps * self.num_samples)
+        return int(sum(np.asarray(a).nbytes for a in arrays)) + cached * step
 
     def frame_image(self, step: int) -> np.ndarray:
         return tile([self.step_image(step, b) for b in range(self.num_samples)])
@@ -112,13 +113,19 @@ class GenerationStore:
 
     def add(self, record: GenerationRecord, owner: str = "") -> list[str]:
         """Store ``record`` for ``owner``; returns the ids of the owner's own records dropped to
-        make room (oldest first). Raises ``StoreFull`` when the store cannot take it without
-        evicting another session's records."""
+        make room (oldest first: beyond its quota, or to fit the budgets). Raises ``StoreFull``
+        when the store cannot take it without evicting another session's records."""
         size = record.nbytes
         record.owner = owner
         with self._lock:
             mine = [g for g, r in self._items.items() if r.owner == owner]
-            dropped = mine[:max(0, len(mine) + 1 - self.per_session)]
+            n_drop = max(0, len(mine) + 1 - self.per_session)
+            # beyond the quota, or to fit the byte and count budgets: the owner's own oldest, never others'
+            while n_drop < len(mine) and (
+                    self._total() - sum(self._sizes[g] for g in mine[:n_drop]) + size > self.max_bytes
+                    or len(self._items) - n_drop + 1 > self.max_items):
+                n_drop += 1
+            dropped = mine[:n_drop]
             room = self.max_bytes - (self._total() - sum(self._sizes[g] for g in dropped))
             if size > room or len(self._items) - len(dropped) + 1 > self.max_items:
                 raise StoreFull(f"the server holds as many generations as it can right now "
