@@ -84,11 +84,12 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
     ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``). With a
     ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
-    def run(*args, request: gr.Request | None = None):
+    def run(*args):
         try:
             if gate is None:
                 state, out = fn(vis, *args)
-            else:
+            else:  # Gradio passes the request last (see the signature below)
+                *args, request = args
                 with gate.enter(getattr(request, "session_hash", None) or "anonymous", kind):
                     state, out = fn(vis, *args)
         except Busy as exc:
@@ -97,7 +98,7 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
     if gate is not None:
-        params.append(inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None,
+        params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
                                         annotation=gr.Request))
         run.__annotations__ = {"request": gr.Request}
     run.__signature__ = inspect.Signature(params)
