@@ -411,6 +411,37 @@ def abuser(url: str, tally: Tally, deadline: float, downloads: Path, rng: random
         time.sleep(rng.uniform(2.0, 6.0))
 
 
+# ---- warm-up -------------------------------------------------------------------------------
+
+def warm_up(url: str, downloads: Path, layers: int = 3) -> None:
+    """One visit to every model and its first ``layers`` layers (building any that are
+    missing), with a KNN in activation space and a generation each, so that the steady state
+    the soak measures starts with the caches full (the "after warm-up" RSS)."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=str(downloads))
+    def info() -> dict:
+        return dict(zip(_outputs("select_point"), client.predict(0, False, api_name="/select_point")))["session_info"]
+
+    try:
+        for model in info()["models"]:
+            client.predict(model, api_name="/switch_model")
+            for layer in info()["layers"][:layers]:
+                client.predict(layer, api_name="/switch_layer")
+                client.predict(0, False, api_name="/select_point")
+                client.predict(5, "activations", api_name="/knn")
+            client.predict("From selected point", GEN_STEPS, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, 1,
+                           api_name="/generate")
+    finally:
+        client.close()
+
+
+def _outputs(api: str) -> list[str]:
+    from ..visualization.app import ENDPOINT_OUTPUTS
+
+    return ENDPOINT_OUTPUTS[api]
+
+
 # ---- the run -------------------------------------------------------------------------------
 
 @dataclass
@@ -421,6 +452,7 @@ class SoakOptions:
     abusive: int = 1
     seed: int = 0
     warmup: float = 20.0  # seconds of the run before the "after warm-up" RSS is taken
+    warm_up: bool = True  # visit every model and 3 layers of each first (see ``warm_up``)
     app_args: list = field(default_factory=list)
 
 
@@ -446,6 +478,14 @@ def run_soak(options: SoakOptions) -> dict:
         tally = Tally()
         with AppServer(data, scratch, extra_args=list(options.app_args)) as app:
             start = {"rss_bytes": app.rss(), **app.disk()}
+            load_start = os.getloadavg()
+            if options.warm_up:
+                w0 = time.monotonic()
+                warm_up(app.url, downloads / "warm-up")
+                warmup_s = time.monotonic() - w0
+                start = {**start, "rss_bytes": app.rss()}
+            else:
+                warmup_s = 0.0
             t0 = time.monotonic()
             deadline = t0 + options.duration
             threads = []
@@ -466,6 +506,7 @@ def run_soak(options: SoakOptions) -> dict:
                 if time.monotonic() > deadline + 900:
                     break  # a visitor stuck in a call; the report says so through its missing calls
             end = {"rss_bytes": app.rss(), **app.disk()}
+            load_end = os.getloadavg()
             app_alive = app.proc.poll() is None
         wall = time.monotonic() - t0
     finally:
@@ -474,7 +515,9 @@ def run_soak(options: SoakOptions) -> dict:
     light = [ms for kind in LIGHT for ms in tally.latencies.get(kind, [])]
     return {
         "sessions": options.sessions, "abusive": options.abusive, "duration_s": options.duration,
-        "wall_s": rounded(wall, 1), "app_alive_at_end": app_alive,
+        "wall_s": rounded(wall, 1), "app_alive_at_end": app_alive, "warm_up_s": rounded(warmup_s, 1),
+        "load_average": {"start": [rounded(v, 2) for v in load_start], "end": [rounded(v, 2) for v in load_end],
+                         "cpus": os.cpu_count()},
         "requests": {k: len(v) for k, v in sorted(tally.latencies.items())},
         "latency": {k: summarise(v) for k, v in sorted(tally.latencies.items())},
         "light_latency": summarise(light),
@@ -501,6 +544,10 @@ def markdown(report: dict) -> str:
             ("Light handlers p50 / p95", f"{report['light_latency'].get('p50_ms')} ms / "
                                          f"{report['light_latency'].get('p95_ms')} ms")]
     rows += [(f"{k} p50 / p95", f"{v.get('p50_ms')} ms / {v.get('p95_ms')} ms") for k, v in lat.items()]
+    la = report.get("load_average")
+    if la:
+        rows.append(("Load average (1/5/15 min) start → end", f"{' '.join(map(str, la['start']))} → "
+                                                              f"{' '.join(map(str, la['end']))} on {la['cpus']} CPUs"))
     rss = report["rss"]
     rows.append(("App RSS start → after warm-up → end",
                  f"{rss['start'] / mib:.0f} → {rss['after_warmup'] / mib:.0f} → {rss['end'] / mib:.0f} MiB "
