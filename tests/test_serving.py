@@ -296,3 +296,28 @@ def test_fault_9_frame_errors_reach_the_status_line(vis):
     assert "status" in ENDPOINT_OUTPUTS["prev_frame"] and "status" in ENDPOINT_OUTPUTS["next_frame"]
     _, out = cb.step_frame(vis, cb.initial_session(vis), 1)
     assert "generate first" in out["status"]
+
+
+# ---- 1 and 6 on every host: the app's own settings ---------------------------------------------
+
+def test_fault_1_and_6_every_host_gets_a_closed_bounded_queue_and_an_upload_cap(vis):
+    from diffviews.hosting import ui_options
+    from diffviews.visualization.app import CACHE_CLEANUP, QUEUE_SIZE, SERVE_OPTIONS, create_gradio_app
+
+    demo = create_gradio_app(vis, warmup=False)  # what launch_app, app.py and mount_on_fastapi all serve
+    assert demo.api_open is False and demo._queue.max_size == QUEUE_SIZE
+    assert demo.delete_cache == CACHE_CLEANUP
+    assert ui_options()["max_file_size"] == SERVE_OPTIONS["max_file_size"] <= 1 << 20  # Modal's mount
+    hover = [d for d in demo.fns.values() if d.api_name == "hover"][0]
+    assert hover.queue is not False  # light work is queued too (its own concurrency group)
+
+
+def test_fault_5_one_session_keeps_within_its_byte_quota():
+    size = record().nbytes
+    store = GenerationStore(max_items=100, per_session=10, per_session_bytes=int(2.5 * size))
+    first, second, third = record("a"), record("a"), record("a")
+    other = record("b")
+    store.add(other, "b")
+    store.add(first, "a")
+    store.add(second, "a")
+    assert store.add(third, "a") == [first.id] and store.get(other.id) is other

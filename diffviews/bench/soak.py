@@ -52,6 +52,7 @@ ERROR_PREFIX = "**Error:**"
 GEN_STEPS = 6
 UPLOAD_BYTES = 64 * 1024 * 1024
 FLOOD_JOBS = 20
+FLOOD_SIZE = (50, 8)  # steps, samples of each flooded generation
 
 
 # ---- the app process -----------------------------------------------------------------------
@@ -222,6 +223,7 @@ class Visitor:
         self.n_points = 0
         self.selected: int | None = None
         self.generations: list[str] = []  # every id this session created that the app should still list
+        self.active: str | None = None  # the generation the app shows this session (frames, export)
 
     def call(self, kind: str, api: str, *args) -> dict | None:
         t0 = time.perf_counter()
@@ -259,6 +261,7 @@ class Visitor:
         if foreign or lost:
             self.tally.crossed(self.name, kind, f"generations: {len(foreign)} foreign, {len(lost)} lost")
         self.generations = [g for g in self.generations if g in listed]
+        self.active = info.get("active")
 
     def start(self) -> None:
         """Learn the session's model, layers and size from a first harmless call."""
@@ -284,9 +287,11 @@ class Visitor:
             if out is not None:
                 self.selected = i
         elif kind == "knn":
+            if self.selected is None:
+                return
             out = self.call(kind, "knn", rng.randint(3, 12), rng.choice(["map", "activations"]))
         elif kind == "frame":
-            if not self.generations:
+            if not self.active:
                 return
             out = self.call(kind, rng.choice(["prev_frame", "next_frame"]))
         elif kind == "layer":
@@ -316,7 +321,7 @@ class Visitor:
             if active:
                 self.generations.append(active)
         elif kind == "export":
-            api = "export_generation" if self.generations and rng.random() < 0.5 else "export_selection"
+            api = "export_generation" if self.active and rng.random() < 0.5 else "export_selection"
             if api == "export_selection" and self.selected is None:
                 return
             out = self.call(kind, api)
@@ -379,7 +384,7 @@ def abuse_flood(url: str, tally: Tally, downloads: Path, deadline: float) -> Non
     client = Client(url, verbose=False, download_files=str(downloads))
     try:
         client.predict(0, False, api_name="/select_point")
-        jobs = [client.submit("From selected point", 50, 2, 1.0, 2.0, 100.0, 0.0, "fixed", s, 8,
+        jobs = [client.submit("From selected point", FLOOD_SIZE[0], 2, 1.0, 2.0, 100.0, 0.0, "fixed", s, FLOOD_SIZE[1],
                               api_name="/generate") for s in range(FLOOD_JOBS)]
         for job in jobs:
             try:
@@ -430,8 +435,10 @@ def warm_up(url: str, downloads: Path, layers: int = 3) -> None:
                 client.predict(layer, api_name="/switch_layer")
                 client.predict(0, False, api_name="/select_point")
                 client.predict(5, "activations", api_name="/knn")
-            client.predict("From selected point", GEN_STEPS, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, 1,
-                           api_name="/generate")
+            for steps, samples in ((GEN_STEPS, 1), (FLOOD_SIZE[0], FLOOD_SIZE[1])):  # the largest asked for
+                client.predict("From selected point", steps, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, samples,
+                               api_name="/generate")
+            client.predict(api_name="/clear_trajectories")
     finally:
         client.close()
 

@@ -26,8 +26,9 @@ __all__ = ["GenerationRecord", "GenerationStore", "StoreFull", "inset", "tile", 
 STEP_CACHE = 8
 #: generations one session keeps (its oldest are dropped beyond this)
 PER_SESSION = 20
-#: bytes all stored generations may take together
+#: bytes all stored generations may take together, and one session's
 MAX_BYTES = 1 << 30
+PER_SESSION_BYTES = 64 << 20
 
 
 class StoreFull(ValueError):
@@ -99,14 +100,17 @@ class GenerationRecord:
 class GenerationStore:
     """Generation records by id, owned by sessions (see the module docstring).
 
-    ``max_items`` bounds the number of records of all sessions together, ``per_session`` the
-    records of one owner, ``max_bytes`` the bytes of all of them (``GenerationRecord.nbytes``)."""
+    ``max_items`` bounds the number of records of all sessions together, ``per_session`` and
+    ``per_session_bytes`` the records of one owner, ``max_bytes`` the bytes of all of them
+    (``GenerationRecord.nbytes``)."""
 
-    def __init__(self, max_items: int = 256, per_session: int = PER_SESSION, max_bytes: int = MAX_BYTES):
-        if min(max_items, per_session, max_bytes) < 1:
-            raise ValueError(f"max_items, per_session and max_bytes must be >= 1, got {max_items}, {per_session}, "
-                             f"{max_bytes}")
+    def __init__(self, max_items: int = 256, per_session: int = PER_SESSION, max_bytes: int = MAX_BYTES,
+                 per_session_bytes: int = PER_SESSION_BYTES):
+        if min(max_items, per_session, max_bytes, per_session_bytes) < 1:
+            raise ValueError(f"max_items, per_session, max_bytes and per_session_bytes must be >= 1, got "
+                             f"{max_items}, {per_session}, {max_bytes}, {per_session_bytes}")
         self.max_items, self.per_session, self.max_bytes = max_items, per_session, max_bytes
+        self.per_session_bytes = per_session_bytes
         self._items: OrderedDict[str, GenerationRecord] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -123,11 +127,12 @@ class GenerationStore:
             # beyond the quota, or to fit the byte and count budgets: the owner's own oldest, never others'
             while n_drop < len(mine) and (
                     self._total() - sum(self._sizes[g] for g in mine[:n_drop]) + size > self.max_bytes
+                    or sum(self._sizes[g] for g in mine[n_drop:]) + size > self.per_session_bytes
                     or len(self._items) - n_drop + 1 > self.max_items):
                 n_drop += 1
             dropped = mine[:n_drop]
             room = self.max_bytes - (self._total() - sum(self._sizes[g] for g in dropped))
-            if size > room or len(self._items) - len(dropped) + 1 > self.max_items:
+            if size > min(room, self.per_session_bytes) or len(self._items) - len(dropped) + 1 > self.max_items:
                 raise StoreFull(f"the server holds as many generations as it can right now "
                                 f"({len(self._items)} using {self._total() / 2**20:.0f} MiB); clear your "
                                 f"trajectories or try again later")
