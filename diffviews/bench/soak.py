@@ -90,13 +90,15 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-def process_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and its children (the app's GPU worker, if any)."""
+def process_rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident bytes of process ``pid`` and its children (the app's GPU worker, if any);
+    ``field`` "RssAnon" counts the heap only, "RssFile" the mapped files (the data's
+    memory-mapped activations, which the kernel may drop and reload)."""
     total = 0
     for p in [pid, *_children(pid)]:
         try:
             with open(f"/proc/{p}/status") as fh:
-                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith(f"{field}:"))
         except (OSError, StopIteration):
             pass
     return total
@@ -162,8 +164,12 @@ class AppServer:
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def rss(self) -> int:
-        return process_rss(self.proc.pid) if self.proc is not None else 0
+    def rss(self, field: str = "VmRSS") -> int:
+        return process_rss(self.proc.pid, field) if self.proc is not None else 0
+
+    def memory(self) -> dict:
+        """RSS in all, its heap part (anonymous) and its mapped-file part."""
+        return {"rss_bytes": self.rss(), "anon_bytes": self.rss("RssAnon"), "file_bytes": self.rss("RssFile")}
 
     def disk(self) -> dict:
         return {"tmp_bytes": folder_bytes(self.tmp), "data_bytes": folder_bytes(self.data_dir)}
@@ -484,13 +490,13 @@ def run_soak(options: SoakOptions) -> dict:
         downloads = scratch / "downloads"
         tally = Tally()
         with AppServer(data, scratch, extra_args=list(options.app_args)) as app:
-            start = {"rss_bytes": app.rss(), **app.disk()}
+            start = {**app.memory(), **app.disk()}
             load_start = os.getloadavg()
             if options.warm_up:
                 w0 = time.monotonic()
                 warm_up(app.url, downloads / "warm-up")
                 warmup_s = time.monotonic() - w0
-                start = {**start, "rss_bytes": app.rss()}
+                start = {**start, **app.memory()}
             else:
                 warmup_s = 0.0
             t0 = time.monotonic()
@@ -508,17 +514,17 @@ def run_soak(options: SoakOptions) -> dict:
             warm = None
             while any(t.is_alive() for t in threads):
                 if warm is None and time.monotonic() - t0 >= min(options.warmup, options.duration / 2):
-                    warm = app.rss()
+                    warm = app.memory()
                 time.sleep(0.5)
                 if time.monotonic() > deadline + 900:
                     break  # a visitor stuck in a call; the report says so through its missing calls
-            end = {"rss_bytes": app.rss(), **app.disk()}
+            end = {**app.memory(), **app.disk()}
             load_end = os.getloadavg()
             app_alive = app.proc.poll() is None
         wall = time.monotonic() - t0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    warm = warm or start["rss_bytes"]
+    warm = warm or start
     light = [ms for kind in LIGHT for ms in tally.latencies.get(kind, [])]
     return {
         "sessions": options.sessions, "abusive": options.abusive, "duration_s": options.duration,
@@ -532,11 +538,17 @@ def run_soak(options: SoakOptions) -> dict:
         "cross_session_effects": len(tally.cross), "cross_examples": tally.cross[:10],
         "busy": dict(tally.busy),
         "abuse": {k: dict(v) for k, v in tally.abuse.items()},
-        "rss": {"start": start["rss_bytes"], "after_warmup": warm, "end": end["rss_bytes"],
-                "growth_after_warmup_pct": rounded(100.0 * (end["rss_bytes"] - warm) / max(warm, 1), 1)},
-        "disk": {"start": {k: v for k, v in start.items() if k != "rss_bytes"},
-                 "end": {k: v for k, v in end.items() if k != "rss_bytes"}},
+        "rss": _growth(start, warm, end, "rss_bytes"),
+        "rss_anon": _growth(start, warm, end, "anon_bytes"),
+        "rss_file": _growth(start, warm, end, "file_bytes"),
+        "disk": {"start": {k: v for k, v in start.items() if k in ("tmp_bytes", "data_bytes")},
+                 "end": {k: v for k, v in end.items() if k in ("tmp_bytes", "data_bytes")}},
     }
+
+
+def _growth(start: dict, warm: dict, end: dict, key: str) -> dict:
+    return {"start": start[key], "after_warmup": warm[key], "end": end[key],
+            "growth_after_warmup_pct": rounded(100.0 * (end[key] - warm[key]) / max(warm[key], 1), 1)}
 
 
 def markdown(report: dict) -> str:
@@ -555,10 +567,12 @@ def markdown(report: dict) -> str:
     if la:
         rows.append(("Load average (1/5/15 min) start → end", f"{' '.join(map(str, la['start']))} → "
                                                               f"{' '.join(map(str, la['end']))} on {la['cpus']} CPUs"))
-    rss = report["rss"]
-    rows.append(("App RSS start → after warm-up → end",
-                 f"{rss['start'] / mib:.0f} → {rss['after_warmup'] / mib:.0f} → {rss['end'] / mib:.0f} MiB "
-                 f"({rss['growth_after_warmup_pct']:+.1f} % after warm-up)"))
+    for key, what in (("rss", "App RSS"), ("rss_anon", "… of which heap (RssAnon)"),
+                      ("rss_file", "… of which mapped data files (RssFile)")):
+        rss = report[key]
+        rows.append((f"{what} start → after warm-up → end",
+                     f"{rss['start'] / mib:.0f} → {rss['after_warmup'] / mib:.0f} → {rss['end'] / mib:.0f} MiB "
+                     f"({rss['growth_after_warmup_pct']:+.1f} % after warm-up)"))
     d0, d1 = report["disk"]["start"], report["disk"]["end"]
     rows.append(("Temp files start → end", f"{d0['tmp_bytes'] / mib:.1f} → {d1['tmp_bytes'] / mib:.1f} MiB"))
     rows.append(("Data folder start → end", f"{d0['data_bytes'] / mib:.1f} → {d1['data_bytes'] / mib:.1f} MiB"))

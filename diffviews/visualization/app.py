@@ -72,6 +72,8 @@ HEAVY = ("model", "layer", "generate", "export")
 QUEUE_SIZE = 64
 #: Gradio's file cache: every 60 s, files older than 10 min are deleted (and all of it at exit)
 CACHE_CLEANUP = (60, 600)
+#: a session idle this long is forgotten (its generations and exports freed), even without a closed tab
+SESSION_TTL_S = 3600
 #: what every host passes to ``launch`` / ``mount_gradio_app``: no useful upload (the app takes none)
 SERVE_OPTIONS = {"max_file_size": 1024 * 1024}
 #: api_name -> the names of its outputs, in the order a client receives them (the state is not among them)
@@ -125,7 +127,7 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
     gate = HeavyGate()
     with gr.Blocks(title="DiffViews", delete_cache=CACHE_CLEANUP) as demo:
         ui = build_layout(vis, session)
-        state = gr.State(session, delete_callback=lambda s: _forget(vis, s))
+        state = gr.State(session, delete_callback=lambda s: _forget(vis, s), time_to_live=SESSION_TTL_S)
         ui["state"] = state
 
         def listen(component, event, fn, inputs, outputs, api_name, group, **kw):
