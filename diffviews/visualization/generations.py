@@ -22,13 +22,13 @@ from .models import upscale
 
 __all__ = ["GenerationRecord", "GenerationStore", "StoreFull", "inset", "tile", "STEP_CACHE"]
 
-#: composite step images kept per record (the rest are rebuilt on demand, ~0.1 ms each)
-STEP_CACHE = 8
+#: composite step images kept per record (the rest are rebuilt on demand, ~0.2 ms each)
+STEP_CACHE = 2
 #: generations one session keeps (its oldest are dropped beyond this)
 PER_SESSION = 20
 #: bytes all stored generations may take together, and one session's
-MAX_BYTES = 1 << 30
-PER_SESSION_BYTES = 64 << 20
+MAX_BYTES = 512 << 20
+PER_SESSION_BYTES = 32 << 20
 
 
 class StoreFull(ValueError):
