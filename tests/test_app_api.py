@@ -209,3 +209,17 @@ def test_fault_9_frame_errors_reach_the_status_line_through_the_api(client):
     call(client, "clear_trajectories")
     out = call(client, "next_frame")
     assert out["status"].startswith("**Error:**") and "generate first" in out["status"]
+
+
+def test_fault_5_a_visitor_that_leaves_frees_its_generations(running_app):
+    import time
+
+    vis, visitor = running_app.visualizer, client_for(running_app)
+    call(visitor, "select_point", 2, False)
+    gen = call(visitor, "generate", *GEN_ARGS)["session_info"]["active"]
+    assert vis.generations.get(gen).owner == visitor.session_hash  # owned by its Gradio session
+    visitor.close()  # its heartbeat ends: Gradio runs the app's unload handler
+    deadline = time.monotonic() + 30
+    while vis.generations.get(gen) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vis.generations.get(gen) is None

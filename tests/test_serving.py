@@ -321,3 +321,11 @@ def test_fault_5_one_session_keeps_within_its_byte_quota():
     store.add(first, "a")
     store.add(second, "a")
     assert store.add(third, "a") == [first.id] and store.get(other.id) is other
+
+
+def test_records_without_an_owner_never_evict_each_other():
+    store = GenerationStore(max_items=100, per_session=2)
+    records = [record() for _ in range(5)]
+    for rec in records:
+        assert store.add(rec) == []
+    assert all(store.get(rec.id) is rec for rec in records)

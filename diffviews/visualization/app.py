@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import sys
+from dataclasses import replace
 
 import gradio as gr
 
@@ -83,26 +84,29 @@ ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAM
 
 def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | None = None, kind: str = ""):
     """``fn(vis, state, *inputs) -> (state, {name: value})`` as a Gradio function returning
-    ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``). With a
-    ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
+    ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``). The
+    session's id is Gradio's session hash (what ``demo.unload`` names when the visitor leaves).
+    With a ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
     def run(*args):
+        *args, request = args  # Gradio passes the request last (see the signature below)
+        session = getattr(request, "session_hash", None)
+        if session and args and isinstance(args[0], cb.Session) and args[0].sid is None:
+            args[0] = replace(args[0], sid=session)
         try:
             if gate is None:
                 state, out = fn(vis, *args)
-            else:  # Gradio passes the request last (see the signature below)
-                *args, request = args
-                with gate.enter(getattr(request, "session_hash", None) or "anonymous", kind):
+            else:
+                with gate.enter(session or "anonymous", kind):
                     state, out = fn(vis, *args)
         except Busy as exc:
             state, out = args[0], cb.error_output(str(exc))
         return (state, *[out.get(name, gr.skip()) for name in outputs])
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
-    if gate is not None:
-        params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                                        annotation=gr.Request))
-        run.__annotations__ = {"request": gr.Request}
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                    annotation=gr.Request))
+    run.__annotations__ = {"request": gr.Request}
     run.__signature__ = inspect.Signature(params)
     run.__name__ = fn.__name__
     return run
@@ -160,6 +164,10 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
             state, out = cb.show_frame(vis, state, evt.index)
             return (state, *[out.get(n, gr.skip()) for n in FRAME])
 
+        def on_leave(request: gr.Request):  # the visitor closed the page (or its client): free what it owned
+            vis.forget_session(request.session_hash)
+
+        demo.unload(on_leave)
         ui["steps_gallery"].select(on_step_selected, inputs=[state], outputs=[state, *[ui[n] for n in FRAME]],
                                    api_visibility="private", concurrency_id="light",
                                    concurrency_limit=CONCURRENCY["light"], show_progress="minimal")

@@ -53,10 +53,11 @@ class ExportFolder:
             return self._path
 
     def zip_path(self, stem: str, owner: str = "") -> Path:
-        """A new zip name for ``owner``; the owner's earlier zips and every zip older than
-        ``served_after_s`` are deleted first."""
+        """A new zip name for ``owner``; the owner's earlier zips (none without an owner) and
+        every zip older than ``served_after_s`` are deleted first."""
         path = self.path / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
-        self.discard(owner)
+        if owner:
+            self.discard(owner)
         self.sweep()
         with self._lock:
             self._owned.setdefault(owner, []).append(path)

@@ -115,11 +115,13 @@ class GenerationStore:
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, record: GenerationRecord, owner: str = "") -> list[str]:
+    def add(self, record: GenerationRecord, owner: str | None = None) -> list[str]:
         """Store ``record`` for ``owner``; returns the ids of the owner's own records dropped to
         make room (oldest first: beyond its quota, or to fit the budgets). Raises ``StoreFull``
-        when the store cannot take it without evicting another session's records."""
+        when the store cannot take it without evicting another session's records. Without an
+        owner the record is its own owner (its caller trims and discards it)."""
         size = record.nbytes
+        owner = owner or f"record:{record.id}"
         record.owner = owner
         with self._lock:
             mine = [g for g, r in self._items.items() if r.owner == owner]

@@ -125,7 +125,7 @@ class GradioVisualizer(LayerAccess):
     def generate(self, model: str, layer: str, class_label: int, neighbours: Sequence[int], *, num_steps: int,
                  mask_steps: int, alpha: float, guidance_scale: float, noise_max: float, noise_min: float,
                  noise_mode: str, seed: int, num_samples: int, progress: Progress | None = None,
-                 owner: str = "") -> GenerationRecord:
+                 owner: str | None = None) -> GenerationRecord:
         """Generate with ``layer`` held at the neighbours' mean activation for the first
         ``mask_steps`` steps; the trajectory at ``layer`` is projected onto the 2-D map with
         one batched transform. The record is stored for ``owner`` (a session id); its own
