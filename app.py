@@ -67,8 +67,11 @@ def configure(data_dir: str | Path = DATA_DIR, device: str | None = None) -> Rem
     global _worker
     from diffviews.data.layout import discover_models
 
-    _worker = LocalBackend(data_dir, device=device or ("cuda" if on_zero_gpu() else None))
-    for model in discover_models(data_dir):
+    models = discover_models(data_dir)
+    # ZeroGPU forks this process per GPU call: every model stays loaded here (max_resident)
+    _worker = LocalBackend(data_dir, device=device or ("cuda" if on_zero_gpu() else None),
+                           max_resident=max(1, len(models)))
+    for model in models:
         _worker.adapter(model)
     # map fits take a GPU slot only with cuML; umap-learn runs on the CPU and would waste GPU quota
     return RemoteBackend(gpu_serve, name="spaces", fits_remotely=cuml_installed())

@@ -5,6 +5,7 @@
     diffviews extract --data-dir DIR --model NAME --layers L1 [L2 ...]
     diffviews viz [--data-dir DIR] [--model NAME] [--port N] [--device D] [--share]
     diffviews bench [--quick] [--json PATH] [--markdown PATH] [--data-dir DIR] [--model NAME]
+    diffviews soak [--sessions 8] [--duration 300] [--abusive 1] [--json PATH] [--data-dir DIR]
 
 Subcommands live in ``COMMANDS``; add one with the ``command`` decorator:
 
@@ -258,6 +259,36 @@ def bench_cmd(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _soak_args(p: argparse.ArgumentParser) -> None:
+    _add_data_dir(p)
+    p.add_argument("--sessions", type=int, default=8, help="well-behaved visitor sessions (default 8)")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of the run (default 300)")
+    p.add_argument("--abusive", type=int, default=1,
+                   help="abusive visitors: REST bypass, oversized uploads, queue flooding (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the visitors (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON to PATH")
+
+
+@command("soak", "drive many sessions against the app on a scratch copy of the data; report errors, "
+                 "cross-session effects, latency, RSS and disk", _soak_args)
+def soak_cmd(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .bench.soak import SoakOptions, markdown, run_soak
+
+    if args.sessions < 1 or not args.duration > 0 or args.abusive < 0:
+        raise ValueError(f"--sessions must be >= 1, --duration > 0 and --abusive >= 0; got {args.sessions}, "
+                         f"{args.duration:g}, {args.abusive}")
+    report = run_soak(SoakOptions(Path(_data_dir(args)), sessions=args.sessions, duration=args.duration,
+                                  abusive=args.abusive, seed=args.seed))
+    print(markdown(report), end="")
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    bad = report["errors"] or report["cross_session_effects"] or not report["app_alive_at_end"]
+    return 1 if bad else 0
 
 
 # ---- entry point -----------------------------------------------------------------------

@@ -163,3 +163,69 @@ def test_two_clients_on_different_models_do_not_cross_talk(running_app):
     assert rec.model == "shapes" and rec.result.images.shape == (2, 32, 32, 3)
     assert np.isfinite(rec.coords["2-D"]).all()
     assert call(a, "select_point", 2, False)["session_info"]["generations"] == []
+
+
+# ---- serving to the public (issue 9) ------------------------------------------------------------
+
+def _post(url: str, body: bytes, content_type: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_fault_1_the_queue_is_the_only_way_in(running_app):
+    for api, data in (("generate", list(GEN_ARGS)), ("hover", ['{"kind":"hover","points":[]}']),
+                      ("select_point", [1, False])):
+        code = _post(f"{running_app.url}gradio_api/run/{api}", json.dumps({"data": data}).encode(), "application/json")
+        assert code == 404, f"/run/{api} answered {code}: the REST route skips the queue"
+
+
+def test_fault_6_uploads_are_capped_and_gradios_cache_is_cleaned(running_app):
+    from diffviews.visualization.app import CACHE_CLEANUP, SERVE_OPTIONS
+
+    boundary = "diffviews-test"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    body = head + b"\0" * (SERVE_OPTIONS["max_file_size"] + 1024) + f"\r\n--{boundary}--\r\n".encode()
+    assert _post(f"{running_app.url}gradio_api/upload", body, f"multipart/form-data; boundary={boundary}") == 413
+    assert running_app.demo.delete_cache == CACHE_CLEANUP
+
+
+def test_fault_2_a_flooding_session_is_told_busy_and_others_still_generate(running_app):
+    flooder, visitor = client_for(running_app), client_for(running_app)
+    call(flooder, "select_point", 4, False)
+    call(visitor, "select_point", 5, False)
+    jobs = [flooder.submit(FROM_SELECTION, 30, 2, 1.0, 2.0, 100.0, 0.0, "fixed", s, 4, api_name="/generate")
+            for s in range(8)]
+    out = call(visitor, "generate", *GEN_ARGS)
+    assert "Generated" in out["status"], out["status"]
+    wait(jobs, timeout=300)
+    statuses = [dict(zip(ENDPOINT_OUTPUTS["generate"], j.result()))["status"] for j in jobs]
+    assert sum("busy, try again" in s for s in statuses) >= len(jobs) - 2, statuses
+    assert any(s.startswith("Generated") for s in statuses), statuses
+
+
+def test_fault_9_frame_errors_reach_the_status_line_through_the_api(client):
+    call(client, "clear_trajectories")
+    out = call(client, "next_frame")
+    assert out["status"].startswith("**Error:**") and "generate first" in out["status"]
+
+
+def test_fault_5_a_visitor_that_leaves_frees_its_generations(running_app):
+    import time
+
+    vis, visitor = running_app.visualizer, client_for(running_app)
+    call(visitor, "select_point", 2, False)
+    gen = call(visitor, "generate", *GEN_ARGS)["session_info"]["active"]
+    assert vis.generations.get(gen).owner == visitor.session_hash  # owned by its Gradio session
+    visitor.close()  # its heartbeat ends: Gradio runs the app's unload handler
+    deadline = time.monotonic() + 30
+    while vis.generations.get(gen) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vis.generations.get(gen) is None

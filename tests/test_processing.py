@@ -28,6 +28,7 @@ from diffviews.data.maps import (
     load_pipeline,
     save_embedding,
 )
+from diffviews.data.signing import open_signed, sign
 from diffviews.processing import umap_backend
 from diffviews.processing.aligned_umap import AlignedNoiseUMAP
 from diffviews.processing.umap import UMAPPipeline, warmup
@@ -296,13 +297,13 @@ def test_corrupt_cache_is_refitted_to_the_same_map(saved_copy, pipe, blobs, capl
     assert len(warnings_logged) == 1 and str(cache) in warnings_logged[0].getMessage()
     np.testing.assert_array_equal(refitted.embedding_, pipe.embedding_)
     assert refitted.reducer_ is not None
-    with open(cache, "rb") as fh:  # the cache was rewritten and is valid again
-        assert isinstance(pickle.load(fh), UMAPPipeline)
+    # the cache was rewritten (signed by this machine) and is valid again
+    assert isinstance(pickle.loads(open_signed(cache.read_bytes())), UMAPPipeline)
 
 
 def test_cache_for_other_data_is_not_trusted(saved_copy, blobs):
     other = UMAPPipeline.from_embedding(blobs[0][:, :12], np.zeros((300, 2)), **PARAMS)
-    saved_copy.reducer_cache(LAYER).write_bytes(pickle.dumps(other))
+    saved_copy.reducer_cache(LAYER).write_bytes(sign(pickle.dumps(other)))  # signed here, but for other data
     rebuilt = load_pipeline(saved_copy, LAYER, blobs[0], refit=False)  # no UMAP fit: k-NN on the saved map
     assert rebuilt.n_features_in_ == 64 and rebuilt.reducer_ is None
     np.testing.assert_array_equal(rebuilt.embedding_, load_embedding(saved_copy, LAYER)[0])
@@ -467,5 +468,5 @@ def test_aligned_save_load_and_corrupt_cache(tmp_path, aligned_saved, noisy_leve
     rebuilt = load_aligned(paths, LAYER, acts)  # from the CSV and the activations, no refit needed
     np.testing.assert_array_equal(rebuilt.embedding_, aligned.embedding_)
     np.testing.assert_allclose(rebuilt.transform(acts[:3], 20.0), aligned.transform(acts[:3], 20.0), atol=1e-5)
-    with open(paths.reducer_cache(LAYER, ALIGNED_SUFFIX), "rb") as fh:
-        assert isinstance(pickle.load(fh), AlignedNoiseUMAP)
+    assert isinstance(pickle.loads(open_signed(paths.reducer_cache(LAYER, ALIGNED_SUFFIX).read_bytes())),
+                      AlignedNoiseUMAP)

@@ -131,15 +131,19 @@ def test_upload_then_fetch_restores_identical_files(data_dir, bucket, s3_endpoin
     assert _warnings(caplog) == []
 
 
+def _put_signed(client, name, key, body: bytes) -> None:
+    """Replace an object with ``body`` and its correct sha256 (a consistent but bad upload)."""
+    client.put_object(Bucket=name, Key=key, Body=body, Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+
+
 def _truncate_npy(client, name):
     body = client.get_object(Bucket=name, Key="m/activations/enc.npy")["Body"].read()
-    client.put_object(Bucket=name, Key="m/activations/enc.npy", Body=body[:-40])
+    _put_signed(client, name, "m/activations/enc.npy", body[:-40])
 
 
 def _wrong_sidecar_shape(client, name):
     text = client.get_object(Bucket=name, Key="m/activations/enc.json")["Body"].read().decode()
-    client.put_object(Bucket=name, Key="m/activations/enc.json",
-                      Body=text.replace('"N": 20', '"N": 21').encode())
+    _put_signed(client, name, "m/activations/enc.json", text.replace('"N": 20', '"N": 21').encode())
 
 
 def _checksum_mismatch(client, name):
@@ -150,12 +154,33 @@ def _checksum_mismatch(client, name):
 
 def _other_build(client, name):
     text = client.get_object(Bucket=name, Key="m/activations/enc.json")["Body"].read().decode()
-    client.put_object(Bucket=name, Key="m/activations/enc.json", Body=text.replace('"seed": 0', '"seed": 5').encode())
+    _put_signed(client, name, "m/activations/enc.json", text.replace('"seed": 0', '"seed": 5').encode())
 
 
 def _map_rows_differ(client, name):
     lines = client.get_object(Bucket=name, Key="m/embeddings/enc.csv")["Body"].read().decode().splitlines()
-    client.put_object(Bucket=name, Key="m/embeddings/enc.csv", Body="\n".join(lines[:-1]).encode() + b"\n")
+    _put_signed(client, name, "m/embeddings/enc.csv", "\n".join(lines[:-1]).encode() + b"\n")
+
+
+def _all_nan_npy(client, name):
+    """The fault of issue 9 (7): an all-NaN .npy with a consistent sidecar and checksum."""
+    import io
+
+    body = client.get_object(Bucket=name, Key="m/activations/enc.npy")["Body"].read()
+    acts = np.load(io.BytesIO(body))
+    buf = io.BytesIO()
+    np.save(buf, np.full_like(acts, np.nan))
+    _put_signed(client, name, "m/activations/enc.npy", buf.getvalue())
+
+
+def _no_checksum(client, name):
+    body = client.get_object(Bucket=name, Key="m/activations/enc.npy")["Body"].read()
+    client.put_object(Bucket=name, Key="m/activations/enc.npy", Body=body)
+
+
+def _oversized_npy(client, name):
+    body = client.get_object(Bucket=name, Key="m/activations/enc.npy")["Body"].read()
+    _put_signed(client, name, "m/activations/enc.npy", body + b"\0" * (1 << 17))
 
 
 @pytest.mark.parametrize("corrupt, reason", [
@@ -164,6 +189,9 @@ def _map_rows_differ(client, name):
     (_checksum_mismatch, "corrupt object"),
     (_other_build, "built with different seed"),
     (_map_rows_differ, "expected a header"),
+    (_all_nan_npy, "NaN or infinite"),
+    (_no_checksum, "no sha256 checksum"),
+    (_oversized_npy, "oversized object"),
 ])
 def test_corrupt_object_is_rejected_and_nothing_local_changes(data_dir, bucket, s3_endpoint, caplog, corrupt,
                                                               reason):
@@ -177,6 +205,8 @@ def test_corrupt_object_is_rejected_and_nothing_local_changes(data_dir, bucket, 
     assert _snapshot(data_dir) == before  # nothing installed, no staging left behind
     [warning] = _warnings(caplog)
     assert "could not fetch m/enc" in warning and reason in warning and "continuing with local files" in warning
+    assert cache.fetch_layer(MODEL, "enc") is False  # the same bad objects: not installed, not reported again
+    assert _snapshot(data_dir) == before and len(_warnings(caplog)) == 1
 
 
 def test_unreachable_endpoint_warns_once_and_keeps_working_locally(data_dir, caplog):

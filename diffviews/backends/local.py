@@ -23,13 +23,19 @@ def default_device() -> str:
 
 
 class LocalBackend(Backend):
-    """Runs everything in this process; adapters loaded once per model, one lock per model."""
+    """Runs everything in this process; adapters loaded on first use, one lock per model.
+
+    At most ``max_resident`` models' weights stay loaded (least recently used dropped first):
+    weights are the one single-resident thing (GPU memory), loaded for generation and extraction."""
 
     name = "local"
 
-    def __init__(self, data_dir: str | Path | None = None, device: str | None = None):
+    def __init__(self, data_dir: str | Path | None = None, device: str | None = None, max_resident: int = 1):
+        if isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1:
+            raise ValueError(f"max_resident must be an integer >= 1, got {max_resident!r}")
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.device = device or default_device()
+        self.max_resident = max_resident
         self._adapters: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -39,14 +45,20 @@ class LocalBackend(Backend):
             return self._locks.setdefault(model, threading.Lock())
 
     def adapter(self, model: str):
-        """The loaded adapter for ``model`` (loaded once, kept until ``unload``)."""
+        """The loaded adapter for ``model`` (loaded when not resident; see ``max_resident``)."""
         with self._lock(model):
-            if model not in self._adapters:
-                self._adapters[model] = load_adapter(model_paths(self.data_dir, model), device=self.device)
-            return self._adapters[model]
+            adapter = self._adapters.get(model)
+            if adapter is None:
+                adapter = load_adapter(model_paths(self.data_dir, model), device=self.device)
+        with self._guard:  # most recently used last; the oldest beyond max_resident are dropped
+            self._adapters.pop(model, None)
+            self._adapters[model] = adapter
+            while len(self._adapters) > self.max_resident:
+                self._adapters.pop(next(iter(self._adapters)))
+        return adapter
 
     def unload(self, model: str) -> None:
-        with self._lock(model):
+        with self._guard:
             self._adapters.pop(model, None)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -52,6 +52,7 @@ ERROR_PREFIX = "**Error:**"
 GEN_STEPS = 6
 UPLOAD_BYTES = 64 * 1024 * 1024
 FLOOD_JOBS = 20
+FLOOD_SIZE = (50, 8)  # steps, samples of each flooded generation
 
 
 # ---- the app process -----------------------------------------------------------------------
@@ -89,13 +90,15 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-def process_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and its children (the app's GPU worker, if any)."""
+def process_rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident bytes of process ``pid`` and its children (the app's GPU worker, if any);
+    ``field`` "RssAnon" counts the heap only, "RssFile" the mapped files (the data's
+    memory-mapped activations, which the kernel may drop and reload)."""
     total = 0
     for p in [pid, *_children(pid)]:
         try:
             with open(f"/proc/{p}/status") as fh:
-                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith(f"{field}:"))
         except (OSError, StopIteration):
             pass
     return total
@@ -161,8 +164,12 @@ class AppServer:
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def rss(self) -> int:
-        return process_rss(self.proc.pid) if self.proc is not None else 0
+    def rss(self, field: str = "VmRSS") -> int:
+        return process_rss(self.proc.pid, field) if self.proc is not None else 0
+
+    def memory(self) -> dict:
+        """RSS in all, its heap part (anonymous) and its mapped-file part."""
+        return {"rss_bytes": self.rss(), "anon_bytes": self.rss("RssAnon"), "file_bytes": self.rss("RssFile")}
 
     def disk(self) -> dict:
         return {"tmp_bytes": folder_bytes(self.tmp), "data_bytes": folder_bytes(self.data_dir)}
@@ -222,6 +229,7 @@ class Visitor:
         self.n_points = 0
         self.selected: int | None = None
         self.generations: list[str] = []  # every id this session created that the app should still list
+        self.active: str | None = None  # the generation the app shows this session (frames, export)
 
     def call(self, kind: str, api: str, *args) -> dict | None:
         t0 = time.perf_counter()
@@ -259,6 +267,7 @@ class Visitor:
         if foreign or lost:
             self.tally.crossed(self.name, kind, f"generations: {len(foreign)} foreign, {len(lost)} lost")
         self.generations = [g for g in self.generations if g in listed]
+        self.active = info.get("active")
 
     def start(self) -> None:
         """Learn the session's model, layers and size from a first harmless call."""
@@ -284,9 +293,11 @@ class Visitor:
             if out is not None:
                 self.selected = i
         elif kind == "knn":
+            if self.selected is None:
+                return
             out = self.call(kind, "knn", rng.randint(3, 12), rng.choice(["map", "activations"]))
         elif kind == "frame":
-            if not self.generations:
+            if not self.active:
                 return
             out = self.call(kind, rng.choice(["prev_frame", "next_frame"]))
         elif kind == "layer":
@@ -316,7 +327,7 @@ class Visitor:
             if active:
                 self.generations.append(active)
         elif kind == "export":
-            api = "export_generation" if self.generations and rng.random() < 0.5 else "export_selection"
+            api = "export_generation" if self.active and rng.random() < 0.5 else "export_selection"
             if api == "export_selection" and self.selected is None:
                 return
             out = self.call(kind, api)
@@ -379,7 +390,7 @@ def abuse_flood(url: str, tally: Tally, downloads: Path, deadline: float) -> Non
     client = Client(url, verbose=False, download_files=str(downloads))
     try:
         client.predict(0, False, api_name="/select_point")
-        jobs = [client.submit("From selected point", 50, 2, 1.0, 2.0, 100.0, 0.0, "fixed", s, 8,
+        jobs = [client.submit("From selected point", FLOOD_SIZE[0], 2, 1.0, 2.0, 100.0, 0.0, "fixed", s, FLOOD_SIZE[1],
                               api_name="/generate") for s in range(FLOOD_JOBS)]
         for job in jobs:
             try:
@@ -411,6 +422,39 @@ def abuser(url: str, tally: Tally, deadline: float, downloads: Path, rng: random
         time.sleep(rng.uniform(2.0, 6.0))
 
 
+# ---- warm-up -------------------------------------------------------------------------------
+
+def warm_up(url: str, downloads: Path, layers: int = 3) -> None:
+    """One visit to every model and its first ``layers`` layers (building any that are
+    missing), with a KNN in activation space and a generation each, so that the steady state
+    the soak measures starts with the caches full (the "after warm-up" RSS)."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=str(downloads))
+    def info() -> dict:
+        return dict(zip(_outputs("select_point"), client.predict(0, False, api_name="/select_point")))["session_info"]
+
+    try:
+        for model in info()["models"]:
+            client.predict(model, api_name="/switch_model")
+            for layer in info()["layers"][:layers]:
+                client.predict(layer, api_name="/switch_layer")
+                client.predict(0, False, api_name="/select_point")
+                client.predict(5, "activations", api_name="/knn")
+            for steps, samples in ((GEN_STEPS, 1), (FLOOD_SIZE[0], FLOOD_SIZE[1])):  # the largest asked for
+                client.predict("From selected point", steps, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, samples,
+                               api_name="/generate")
+            client.predict(api_name="/clear_trajectories")
+    finally:
+        client.close()
+
+
+def _outputs(api: str) -> list[str]:
+    from ..visualization.app import ENDPOINT_OUTPUTS
+
+    return ENDPOINT_OUTPUTS[api]
+
+
 # ---- the run -------------------------------------------------------------------------------
 
 @dataclass
@@ -421,6 +465,7 @@ class SoakOptions:
     abusive: int = 1
     seed: int = 0
     warmup: float = 20.0  # seconds of the run before the "after warm-up" RSS is taken
+    warm_up: bool = True  # visit every model and 3 layers of each first (see ``warm_up``)
     app_args: list = field(default_factory=list)
 
 
@@ -445,7 +490,15 @@ def run_soak(options: SoakOptions) -> dict:
         downloads = scratch / "downloads"
         tally = Tally()
         with AppServer(data, scratch, extra_args=list(options.app_args)) as app:
-            start = {"rss_bytes": app.rss(), **app.disk()}
+            start = {**app.memory(), **app.disk()}
+            load_start = os.getloadavg()
+            if options.warm_up:
+                w0 = time.monotonic()
+                warm_up(app.url, downloads / "warm-up")
+                warmup_s = time.monotonic() - w0
+                start = {**start, **app.memory()}
+            else:
+                warmup_s = 0.0
             t0 = time.monotonic()
             deadline = t0 + options.duration
             threads = []
@@ -461,20 +514,23 @@ def run_soak(options: SoakOptions) -> dict:
             warm = None
             while any(t.is_alive() for t in threads):
                 if warm is None and time.monotonic() - t0 >= min(options.warmup, options.duration / 2):
-                    warm = app.rss()
+                    warm = app.memory()
                 time.sleep(0.5)
                 if time.monotonic() > deadline + 900:
                     break  # a visitor stuck in a call; the report says so through its missing calls
-            end = {"rss_bytes": app.rss(), **app.disk()}
+            end = {**app.memory(), **app.disk()}
+            load_end = os.getloadavg()
             app_alive = app.proc.poll() is None
         wall = time.monotonic() - t0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    warm = warm or start["rss_bytes"]
+    warm = warm or start
     light = [ms for kind in LIGHT for ms in tally.latencies.get(kind, [])]
     return {
         "sessions": options.sessions, "abusive": options.abusive, "duration_s": options.duration,
-        "wall_s": rounded(wall, 1), "app_alive_at_end": app_alive,
+        "wall_s": rounded(wall, 1), "app_alive_at_end": app_alive, "warm_up_s": rounded(warmup_s, 1),
+        "load_average": {"start": [rounded(v, 2) for v in load_start], "end": [rounded(v, 2) for v in load_end],
+                         "cpus": os.cpu_count()},
         "requests": {k: len(v) for k, v in sorted(tally.latencies.items())},
         "latency": {k: summarise(v) for k, v in sorted(tally.latencies.items())},
         "light_latency": summarise(light),
@@ -482,11 +538,17 @@ def run_soak(options: SoakOptions) -> dict:
         "cross_session_effects": len(tally.cross), "cross_examples": tally.cross[:10],
         "busy": dict(tally.busy),
         "abuse": {k: dict(v) for k, v in tally.abuse.items()},
-        "rss": {"start": start["rss_bytes"], "after_warmup": warm, "end": end["rss_bytes"],
-                "growth_after_warmup_pct": rounded(100.0 * (end["rss_bytes"] - warm) / max(warm, 1), 1)},
-        "disk": {"start": {k: v for k, v in start.items() if k != "rss_bytes"},
-                 "end": {k: v for k, v in end.items() if k != "rss_bytes"}},
+        "rss": _growth(start, warm, end, "rss_bytes"),
+        "rss_anon": _growth(start, warm, end, "anon_bytes"),
+        "rss_file": _growth(start, warm, end, "file_bytes"),
+        "disk": {"start": {k: v for k, v in start.items() if k in ("tmp_bytes", "data_bytes")},
+                 "end": {k: v for k, v in end.items() if k in ("tmp_bytes", "data_bytes")}},
     }
+
+
+def _growth(start: dict, warm: dict, end: dict, key: str) -> dict:
+    return {"start": start[key], "after_warmup": warm[key], "end": end[key],
+            "growth_after_warmup_pct": rounded(100.0 * (end[key] - warm[key]) / max(warm[key], 1), 1)}
 
 
 def markdown(report: dict) -> str:
@@ -501,10 +563,16 @@ def markdown(report: dict) -> str:
             ("Light handlers p50 / p95", f"{report['light_latency'].get('p50_ms')} ms / "
                                          f"{report['light_latency'].get('p95_ms')} ms")]
     rows += [(f"{k} p50 / p95", f"{v.get('p50_ms')} ms / {v.get('p95_ms')} ms") for k, v in lat.items()]
-    rss = report["rss"]
-    rows.append(("App RSS start → after warm-up → end",
-                 f"{rss['start'] / mib:.0f} → {rss['after_warmup'] / mib:.0f} → {rss['end'] / mib:.0f} MiB "
-                 f"({rss['growth_after_warmup_pct']:+.1f} % after warm-up)"))
+    la = report.get("load_average")
+    if la:
+        rows.append(("Load average (1/5/15 min) start → end", f"{' '.join(map(str, la['start']))} → "
+                                                              f"{' '.join(map(str, la['end']))} on {la['cpus']} CPUs"))
+    for key, what in (("rss", "App RSS"), ("rss_anon", "… of which heap (RssAnon)"),
+                      ("rss_file", "… of which mapped data files (RssFile)")):
+        rss = report[key]
+        rows.append((f"{what} start → after warm-up → end",
+                     f"{rss['start'] / mib:.0f} → {rss['after_warmup'] / mib:.0f} → {rss['end'] / mib:.0f} MiB "
+                     f"({rss['growth_after_warmup_pct']:+.1f} % after warm-up)"))
     d0, d1 = report["disk"]["start"], report["disk"]["end"]
     rows.append(("Temp files start → end", f"{d0['tmp_bytes'] / mib:.1f} → {d1['tmp_bytes'] / mib:.1f} MiB"))
     rows.append(("Data folder start → end", f"{d0['data_bytes'] / mib:.1f} → {d1['data_bytes'] / mib:.1f} MiB"))

@@ -3,7 +3,8 @@
 On disk (paths from ``layout.ModelPaths``) a map is a CSV (``x,y[,z]``) plus a JSON
 (parameters, backend, versions, and what it was fitted from). Those two files are the
 truth and the only thing ever shared. The fitted estimator is also pickled next to them,
-but only as a local cache: ``load_pipeline`` / ``load_aligned`` use it when it loads and
+but only as a local cache, signed with this machine's key (``data.signing``): ``load_pipeline``
+/ ``load_aligned`` unpickle it only when the signature matches, and use it when it
 matches the CSV, and otherwise rebuild it from the activations (``load_pipeline`` refits
 with the saved parameters; with ``refit=False``, or for the aligned map, the estimator
 projects by k-NN interpolation of the saved map, without any UMAP fit).
@@ -32,6 +33,7 @@ from ..processing.quality import DEFAULT_K, TRUST_SAMPLE, map_quality
 from ..processing.umap import UMAPPipeline, as_matrix, fit_scaled_pca, maps_match
 from ..processing.umap_backend import CUML, UMAP_LEARN, select_backend
 from .layout import DataLayoutError, ModelPaths, read_json_object
+from .signing import SignatureError, open_signed, sign
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,8 @@ def _atomic_write(path: Path, write: Callable[[object], None], binary: bool = Fa
 
 def _write_cache(path: Path, estimator) -> None:
     try:
-        _atomic_write(path, lambda fh: pickle.dump(estimator, fh, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
+        signed = sign(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL))
+        _atomic_write(path, lambda fh: fh.write(signed), binary=True)
     except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:  # a cache: never fatal
         logger.warning("could not write the local reducer cache %s: %s", path, exc)
 
@@ -190,8 +193,11 @@ def _read_cache(path: Path, estimator_cls: type, n_features: int, embedding: np.
     if not path.is_file():
         return None, "missing"
     try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh)
+        body = open_signed(path.read_bytes())
+    except (SignatureError, OSError) as exc:
+        return None, f"was not loaded: {exc}"
+    try:
+        obj = pickle.loads(body)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means "rebuild"
         return None, f"failed to load ({type(exc).__name__}: {exc})"
     if not isinstance(obj, estimator_cls) or not hasattr(obj, "embedding_"):

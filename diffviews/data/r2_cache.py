@@ -23,10 +23,13 @@ csv/json/npy ever go to the bucket; never a pickle.
     cache.enforce_budget(protect=[("digits", "enc_8x8")])
 
 Downloads go into a staging folder beside the model's files and are renamed into place
-only when every file arrived whole and validated (size and checksum, the shape from the
-sidecar, the rows against metadata.csv, the build parameters against this data folder).
-Missing credentials, a wrong endpoint, a timeout or a corrupt object: one clear warning,
-the call returns False, and nothing local is lost or overwritten.
+only when every file arrived whole and validated: each object within a size cap (the
+``.npy`` within what its sidecar announces, checked before and while it downloads), its
+sha256 recorded at upload present and matching, the activations all finite, then the
+shape from the sidecar, the rows against metadata.csv and the build parameters against
+this data folder. Missing credentials, a wrong endpoint, a timeout or a corrupt object:
+one clear warning, the call returns False, and nothing local is lost or overwritten; the
+same bad objects (same ETags) are not downloaded or reported again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .activations import list_layers, read_sidecar
 from .layers import check_layer_files, layer_source, layer_state, source_mismatch
@@ -59,6 +64,9 @@ _ENV_KEYS = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET_NAME")
 _SHA_KEY = "sha256"  # object metadata: checksum of the uploaded file
 _CHUNK = 1 << 20
 _NPY_ALIGN = 64  # numpy pads the .npy header so the data starts on a 64-byte boundary
+_NPY_HEADER_MAX = 1 << 16
+#: the largest object of each kind accepted from the bucket (the .npy: what its sidecar announces)
+MAX_OBJECT_BYTES = {".json": 1 << 20, ".csv": 512 << 20, ".npy": 16 << 30}
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class LayerCache:
         self._executor: ThreadPoolExecutor | None = None
         self._offline_until = 0.0
         self._warned_disabled = False
+        self._bad: dict[tuple[str, str], dict[str, str]] = {}  # (model, layer) -> {key: ETag} that failed
 
     @classmethod
     def from_env(cls, data_dir: str | Path) -> LayerCache | None:
@@ -186,30 +195,53 @@ class LayerCache:
                 return True
             if not self._remote_usable(f"fetch {model}/{layer}"):
                 return False
+            etags: dict[str, str] = {}
             try:
-                self._download_layer(model, layer)
+                if self._known_bad(model, layer):
+                    log.debug("layer cache: %s/%s in the bucket failed validation before and is unchanged",
+                              model, layer)
+                    return False
+                self._download_layer(model, layer, etags)
             except CacheMiss as miss:
                 log.info("layer cache: %s/%s is not in bucket %r (%s)", model, layer, self.settings.bucket, miss)
                 return False
             except Exception as exc:  # noqa: BLE001 - every failure is one warning and a local fallback
+                if not _is_connection_error(exc) and etags:
+                    self._bad[(model, layer)] = etags
                 self._warn_failure(f"could not fetch {model}/{layer}", exc)
                 return False
+            self._bad.pop((model, layer), None)
         self.touch(model, layer)
         self.enforce_budget(protect=[(model, layer), *protect])
         return True
 
-    def _download_layer(self, model: str, layer: str) -> None:
+    def _known_bad(self, model: str, layer: str) -> bool:
+        """The layer's objects failed validation before and still have the same ETags."""
+        bad = self._bad.get((model, layer))
+        if not bad:
+            return False
+        client = self._get_client()
+        try:
+            return all(client.head_object(Bucket=self.settings.bucket, Key=k).get("ETag") == e for k, e in bad.items())
+        except Exception:  # noqa: BLE001 - changed or gone: try the download again
+            return False
+
+    def _download_layer(self, model: str, layer: str, etags: dict[str, str] | None = None) -> None:
         paths = model_paths(self.data_dir, model)
         paths.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".layer-fetch-", dir=paths.root))
+        etags = {} if etags is None else etags
         try:
             staged = ModelPaths(staging)
             fetched = []
             for group in ("activations", "map", "aligned"):
-                items = [a for a in self.artefacts(model, layer) if a.group == group]
+                # descriptions first: the sidecar tells how large the .npy may be
+                items = sorted((a for a in self.artefacts(model, layer) if a.group == group),
+                               key=lambda a: a.path.suffix != ".json")
                 try:
                     for a in items:
-                        self._download(a, staging / a.path.relative_to(paths.root))
+                        cap = _npy_cap(staged, layer) if a.path.suffix == ".npy" else None
+                        etags[a.key] = self._download(a, staging / a.path.relative_to(paths.root), cap)
                 except CacheMiss:
                     if any(a.required for a in items):
                         raise
@@ -217,6 +249,7 @@ class LayerCache:
                         (staging / a.path.relative_to(paths.root)).unlink(missing_ok=True)
                     continue
                 fetched += items
+            _check_finite(staged, layer)
             _validate_layer(staged, layer, paths, require_map=False)
             for a in fetched:
                 os.replace(staging / a.path.relative_to(paths.root), a.path)
@@ -225,10 +258,13 @@ class LayerCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _download(self, artefact: _Artefact, dest: Path) -> None:
+    def _download(self, artefact: _Artefact, dest: Path, cap: int | None = None) -> str:
+        """Download one object to ``dest`` within its size cap and with its checksum verified;
+        returns its ETag."""
         from botocore.exceptions import ClientError
 
         client = self._get_client()
+        cap = MAX_OBJECT_BYTES.get(artefact.path.suffix, MAX_OBJECT_BYTES[".csv"]) if cap is None else cap
         try:
             obj = client.get_object(Bucket=self.settings.bucket, Key=artefact.key)
         except ClientError as exc:
@@ -236,19 +272,32 @@ class LayerCache:
                 raise CacheMiss(f"no object {artefact.key}") from None
             raise
         expected = obj.get("ContentLength")
+        want = (obj.get("Metadata") or {}).get(_SHA_KEY)
+        if expected is not None and int(expected) > cap:
+            obj["Body"].close()
+            raise DataLayoutError(f"object {artefact.key} has {int(expected)} bytes; at most {cap} are accepted "
+                                  "(oversized object)")
+        if not want:
+            obj["Body"].close()
+            raise DataLayoutError(f"object {artefact.key} has no {_SHA_KEY} checksum in its metadata (uploads by "
+                                  "`diffviews` record one); refusing an unverifiable object")
         digest, size = hashlib.sha256(), 0
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "wb") as fh:
             for chunk in obj["Body"].iter_chunks(_CHUNK):
+                size += len(chunk)
+                if size > cap:
+                    obj["Body"].close()
+                    raise DataLayoutError(f"object {artefact.key} exceeds the {cap}-byte cap while downloading "
+                                          "(oversized object)")
                 fh.write(chunk)
                 digest.update(chunk)
-                size += len(chunk)
         if expected is not None and size != int(expected):
             raise DataLayoutError(f"object {artefact.key}: received {size} of {expected} bytes (truncated download)")
-        want = (obj.get("Metadata") or {}).get(_SHA_KEY)
-        if want and want != digest.hexdigest():
+        if want != digest.hexdigest():
             raise DataLayoutError(f"object {artefact.key}: sha256 {digest.hexdigest()[:12]}… does not match the "
                                   f"{want[:12]}… recorded at upload (corrupt object)")
+        return str(obj.get("ETag", ""))
 
     # ---- upload ----------------------------------------------------------------------------
     def upload_layer(self, model: str, layer: str, background: bool = True) -> bool | Future:
@@ -430,6 +479,35 @@ class LayerCache:
             reason += f" (not trying the bucket again for {s.offline_retry_s:g} s)"
         log.warning("layer cache: %s at %s (bucket %r): %s; continuing with local files", what, s.endpoint_url,
                     s.bucket, reason)
+
+
+def _npy_cap(staged: ModelPaths, layer: str) -> int:
+    """Bytes the activations .npy may have: N × D float32 per its (already staged) sidecar, plus a header."""
+    try:
+        sidecar = read_sidecar(staged, layer)
+        n, d = int(sidecar["N"]), int(sidecar["D"])
+    except (DataLayoutError, KeyError, TypeError, ValueError) as exc:
+        raise DataLayoutError(f"the sidecar of {layer!r} does not say the activations' size ({exc})") from None
+    if n < 1 or d < 1:
+        raise DataLayoutError(f"the sidecar of {layer!r} announces ({n}, {d}) activations")
+    return min(n * d * 4 + _NPY_HEADER_MAX, MAX_OBJECT_BYTES[".npy"])
+
+
+def _check_finite(staged: ModelPaths, layer: str) -> None:
+    """Every activation is a finite number (read in blocks, never all at once)."""
+    try:
+        acts = np.load(staged.activations(layer), mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataLayoutError(f"activations of {layer!r} are truncated or corrupt: {exc}") from None
+    if acts.ndim != 2:
+        return  # the shape check of the validation below names the problem
+    step = max(1, (64 << 20) // max(1, acts.shape[1] * acts.dtype.itemsize))
+    for start in range(0, acts.shape[0], step):
+        block = np.asarray(acts[start:start + step])
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise DataLayoutError(f"activations of {layer!r} hold NaN or infinite values (first in row {row}); "
+                                  "refusing them")
 
 
 def _validate_layer(staged: ModelPaths, layer: str, local: ModelPaths, require_map: bool) -> None:

@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import sys
+from dataclasses import replace
 
 import gradio as gr
 
@@ -25,11 +26,12 @@ from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
 from . import steering as st
 from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
+from .limits import Busy, HeavyGate
 from .models import ModelData
 from .visualizer import GradioVisualizer
 
 __all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "add_notice", "main", "ModelData", "CUSTOM_CSS",
-           "PLOTLY_HANDLER_JS", "ENDPOINT_OUTPUTS"]
+           "PLOTLY_HANDLER_JS", "ENDPOINT_OUTPUTS", "SERVE_OPTIONS", "QUEUE_SIZE", "HEAVY"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
 GENERATION = ["generated_image", "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown"]
 MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_steps", "gen_mask_steps",
          "gen_guidance", "gen_noise_max", "gen_noise_min"]
-FRAME = ["plot", "session_info", "frame_image", "frame_info", "overlay"]
+FRAME = ["plot", "session_info", "frame_image", "frame_info", "overlay", "status"]
 GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
               "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
 STEER_INPUTS = ["gen_class", "gen_steps", "window_from", "window_to", "gen_mode", "gen_alpha", "steer_layers",
@@ -81,27 +83,61 @@ EVENTS = {
                           "light"),
     "refresh_layers": ("model_dropdown", "change", st.refresh_layers, [], ["steer_layers", "set_b_info"], "light"),
 }
-#: how many of one kind of work run at once (a group shares its limit)
-CONCURRENCY = {"hover": 8, "light": 8, "model": 2, "layer": 1, "generate": 1, "export": 2}
+#: how many of one kind of work Gradio hands to the app at once (a group shares its limit); the
+#: heavy kinds then pass ``limits.HeavyGate`` (per-session limit, the real slots per kind)
+CONCURRENCY = {"hover": 8, "light": 8, "model": 2, "layer": 2, "generate": 4, "export": 2}
+HEAVY = ("model", "layer", "generate", "export")
+#: events waiting in the queue, all sessions together; beyond it Gradio answers "queue is full"
+QUEUE_SIZE = 64
+#: Gradio's file cache: every 60 s, files older than 10 min are deleted (and all of it at exit)
+CACHE_CLEANUP = (60, 600)
+#: a session idle this long is forgotten (its generations and exports freed), even without a closed tab
+SESSION_TTL_S = 3600
+#: what every host passes to ``launch`` / ``mount_gradio_app``: no useful upload (the app takes none)
+SERVE_OPTIONS = {"max_file_size": 1024 * 1024}
 #: api_name -> the names of its outputs, in the order a client receives them (the state is not among them)
 ENDPOINT_OUTPUTS = {name: spec[4] for name, spec in EVENTS.items()}
 ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAME, next_frame=FRAME)
 
 
-def _handler(vis: GradioVisualizer, fn, outputs: list[str]):
+def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | None = None, kind: str = ""):
     """``fn(vis, state, *inputs) -> (state, {name: value})`` as a Gradio function returning
     ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``), and so
     does the state when the handler returns the one it was given: a handler that changes
-    nothing never overwrites what a concurrent event of the same session stored meanwhile."""
+    nothing never overwrites what a concurrent event of the same session stored meanwhile. The
+    session's id is Gradio's session hash (what ``demo.unload`` names when the visitor leaves).
+    With a ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
-    def run(state, *args):
-        new_state, out = fn(vis, state, *args)
-        return (gr.skip() if new_state is state else new_state, *[out.get(name, gr.skip()) for name in outputs])
+    def run(*args):
+        *args, request = args  # Gradio passes the request last (see the signature below)
+        given = args[0] if args else None
+        session = getattr(request, "session_hash", None)
+        if session and args and isinstance(args[0], cb.Session) and args[0].sid is None:
+            args[0] = replace(args[0], sid=session)
+        try:
+            if gate is None:
+                state, out = fn(vis, *args)
+            else:
+                with gate.enter(session or "anonymous", kind):
+                    state, out = fn(vis, *args)
+        except Busy as exc:
+            state, out = args[0], cb.error_output(str(exc))
+        return (gr.skip() if state is given else state, *[out.get(name, gr.skip()) for name in outputs])
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                    annotation=gr.Request))
+    run.__annotations__ = {"request": gr.Request}
     run.__signature__ = inspect.Signature(params)
     run.__name__ = fn.__name__
     return run
+
+
+def _forget(vis: GradioVisualizer, state) -> None:
+    """A session ended (Gradio's State delete callback): free what it owned."""
+    vis.generations.discard(getattr(state, "generations", ()))
+    if getattr(state, "sid", None):
+        vis.forget_session(state.sid)
 
 
 def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice: str | None = None) -> gr.Blocks:
@@ -113,9 +149,10 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
         umap_warmup(background=True)
     vis = visualizer
     session = cb.initial_session(vis)
-    with gr.Blocks(title="DiffViews") as demo:
+    gate = HeavyGate()
+    with gr.Blocks(title="DiffViews", delete_cache=CACHE_CLEANUP) as demo:
         ui = build_layout(vis, session)
-        state = gr.State(session, delete_callback=lambda s: vis.generations.discard(getattr(s, "generations", ())))
+        state = gr.State(session, delete_callback=lambda s: _forget(vis, s), time_to_live=SESSION_TTL_S)
         ui["state"] = state
 
         def listen(component, event, fn, inputs, outputs, api_name, group, **kw):
@@ -126,7 +163,8 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
 
         for api_name, (component, event, fn, inputs, outputs, group) in EVENTS.items():
             extra = {"trigger_mode": "always_last"} if event == "change" else {}
-            listen(component, event, _handler(vis, fn, outputs), inputs, outputs, api_name, group, **extra)
+            heavy = {"gate": gate, "kind": group} if group in HEAVY else {}
+            listen(component, event, _handler(vis, fn, outputs, **heavy), inputs, outputs, api_name, group, **extra)
 
         # overlay messages are applied in the browser, on the plot already drawn (no server round trip)
         ui["overlay"].change(None, inputs=[ui["overlay"]], outputs=None, js=OVERLAY_JS, queue=False,
@@ -138,7 +176,7 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
 
         ui["hover_bridge"].change(hover, inputs=[state, ui["hover_bridge"]],
                                   outputs=[ui[n] for n in ENDPOINT_OUTPUTS["hover"]], api_name="hover",
-                                  trigger_mode="always_last", concurrency_id="hover", queue=False,
+                                  trigger_mode="always_last", concurrency_id="hover",
                                   concurrency_limit=CONCURRENCY["hover"], show_progress="hidden")
 
         def step(delta):
@@ -151,10 +189,14 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
             state, out = cb.show_frame(vis, state, evt.index)
             return (state, *[out.get(n, gr.skip()) for n in FRAME])
 
+        def on_leave(request: gr.Request):  # the visitor closed the page (or its client): free what it owned
+            vis.forget_session(request.session_hash)
+
+        demo.unload(on_leave)
         ui["steps_gallery"].select(on_step_selected, inputs=[state], outputs=[state, *[ui[n] for n in FRAME]],
                                    api_visibility="private", concurrency_id="light",
                                    concurrency_limit=CONCURRENCY["light"], show_progress="minimal")
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=4, api_open=False, max_size=QUEUE_SIZE)  # the queue is the only way in
     notice = notice or visualizer.notice
     if notice:
         add_notice(demo, notice)
@@ -174,8 +216,10 @@ def add_notice(demo: gr.Blocks, text: str) -> gr.Blocks:
 
 
 def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
-    """``demo.launch`` with the app's CSS (Gradio 6 takes css in launch, not in Blocks)."""
-    return demo.launch(server_name=host, server_port=port, share=share, css=CUSTOM_CSS, **kwargs)
+    """``demo.launch`` with the app's CSS (Gradio 6 takes css in launch, not in Blocks) and
+    ``SERVE_OPTIONS`` (upload cap)."""
+    return demo.launch(server_name=host, server_port=port, share=share, css=CUSTOM_CSS,
+                       **{**SERVE_OPTIONS, **kwargs})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--device", default=None, help="torch device for the model (default: cuda if available)")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
-    p.add_argument("--max-models", type=int, default=1, help="models kept in memory at once (default 1)")
+    p.add_argument("--max-models", type=int, default=8,
+                   help="models whose map data stay in memory at once (default 8; DIFFVIEWS_MAP_BUDGET_MB bounds "
+                        "their bytes); model weights are loaded one model at a time")
     return p
 
 

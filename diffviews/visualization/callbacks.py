@@ -6,7 +6,8 @@ in the dict is left unchanged. Everything the browser sends is validated here: m
 layer names against the discovered set, point indices against the map, parameters
 against their ranges (the message names the allowed range). A bad value or a failure
 never reaches the user as a traceback: the handler returns the state unchanged and the
-message in ``status``. No handler reads a path that came from the client.
+message in ``status``. No handler reads a path that came from the client, and no message
+shows a server path or a stack: unexpected failures say only their type (the log has the rest).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 
 import gradio as gr
@@ -76,6 +78,7 @@ class Session:
     set_b: tuple[int, ...] = ()  # reference set B for direction steering (steering.py) ...
     set_b_model: str | None = None  # ... of this model's points
     sweep: tuple[str, ...] = ()  # generation ids of the last sweep, in sweep order
+    sid: str | None = None  # this session's id (owner of its generations and exports), set on first use
 
     def neighbours(self) -> list[int]:
         """Manual neighbours then KNN suggestions, without repeats."""
@@ -94,11 +97,11 @@ def _number(name: str, value, lo, hi, integer: bool):
         if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
             raise TypeError
         number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number within [{lo}, {hi}], got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{name} must be a number within [{lo}, {hi}], got {value!r:.40}") from None
     if not np.isfinite(number) or not lo <= number <= hi or (integer and number != int(number)):
         kind = "an integer" if integer else "a number"
-        raise UserError(f"{name} must be {kind} within [{lo}, {hi}], got {value!r}")
+        raise UserError(f"{name} must be {kind} within [{lo}, {hi}], got {value!r:.40}")
     return int(number) if integer else number
 
 
@@ -132,6 +135,8 @@ def parse_payload(text, max_points: int) -> tuple[str, list[tuple[int | None, st
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"plot event is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise UserError("plot event is nested too deeply to be a plot event") from None
     if not isinstance(data, dict) or not isinstance(data.get("points"), list):
         raise UserError("plot event must be an object with a 'points' list")
     kind = check_choice("plot event kind", data.get("kind"), ("hover", "click", "select"))
@@ -152,26 +157,48 @@ def parse_payload(text, max_points: int) -> tuple[str, list[tuple[int | None, st
     return kind, points
 
 
+def user_message(vis: GradioVisualizer, exc: BaseException, where: str) -> str:
+    """What the user is told about ``exc``: its message for user-facing errors (data-folder
+    paths shortened), a "try again" for timeouts, and only the type name otherwise (a worker's
+    stderr, a stack or a server path never reach the page; the log has them)."""
+    if isinstance(exc, (UserError, DataLayoutError, FileNotFoundError, BackendUnavailable, ValueError, KeyError,
+                        IndexError)):
+        shown = isinstance(exc, (UserError, DataLayoutError, FileNotFoundError, BackendUnavailable)) or not exc.args
+        message = str(exc) if shown else str(exc.args[0])
+        for root in {str(vis.data_dir.resolve()), str(vis.data_dir)}:
+            message = message.replace(root + "/", "").replace(root, "the data folder")
+        return message or type(exc).__name__
+    log.error("handler %s failed", where, exc_info=exc)
+    if isinstance(exc, TimeoutError):
+        return "the server is busy or the model took too long; try again in a moment"
+    if isinstance(exc, RecursionError):
+        return "the request is nested too deeply"
+    return f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+def error_output(message: str) -> dict:
+    return {"status": f"**Error:** {message}"}
+
+
 def guarded(fn):
-    """Run a handler; a bad value or failure becomes a message in ``status``, state unchanged."""
+    """Run a handler; a bad value or failure becomes a message in ``status``, state unchanged.
+    The session gets its id on first use, and the layer it shows is noted (the disk budget
+    spares it)."""
 
     @functools.wraps(fn)
     def wrapper(vis, state, *args, **kwargs):
         if state is None:
             state = initial_session(vis)
+        if state.sid is None:
+            state = replace(state, sid=uuid.uuid4().hex)
         t0 = time.perf_counter()
         try:
-            result = fn(vis, state, *args, **kwargs)
+            new_state, out = fn(vis, state, *args, **kwargs)
             log.debug("%s: %.1f ms", fn.__name__, 1000 * (time.perf_counter() - t0))
-            return result
-        except (UserError, DataLayoutError, FileNotFoundError, BackendUnavailable) as exc:
-            message = str(exc)
-        except (ValueError, KeyError, IndexError) as exc:
-            message = str(exc.args[0]) if exc.args else type(exc).__name__
+            vis.note_shown(new_state.sid, new_state.model, new_state.layer)
+            return new_state, out
         except Exception as exc:  # noqa: BLE001 - the app must keep serving; the log has the traceback
-            log.exception("handler %s failed", fn.__name__)
-            message = f"internal error ({type(exc).__name__}): {exc}"
-        return state, {"status": f"**Error:** {message}"}
+            return state, error_output(user_message(vis, exc, fn.__name__))
 
     return wrapper
 
@@ -185,6 +212,7 @@ def session_info(vis: GradioVisualizer, state: Session) -> dict:
     info.update(n_points=md.n_points, layers=md.hookable_layers, models=vis.model_names,
                 neighbours=list(state.manual), generations=list(state.generations))
     info.pop("manual")
+    info.pop("sid")
     return info
 
 
@@ -295,11 +323,8 @@ def hover(vis: GradioVisualizer, state: Session | None, payload) -> dict:
         index = check_point(vis, state, index)
         return {"preview_image": md.preview(index),
                 "preview_info": vis.point_info(state.model, state.layer, state.view, index)}
-    except (UserError, DataLayoutError, KeyError, ValueError) as exc:
-        return {"preview_info": f"**Error:** {exc.args[0] if exc.args else exc}"}
     except Exception as exc:  # noqa: BLE001 - hover must never break the page
-        log.exception("hover failed")
-        return {"preview_info": f"**Error:** internal error ({type(exc).__name__}): {exc}"}
+        return {"preview_info": f"**Error:** {user_message(vis, exc, 'hover')}"}
 
 
 def _trajectory_point(vis, state: Session, meta: str, step) -> tuple:
@@ -514,11 +539,9 @@ def generate(vis: GradioVisualizer, state: Session, class_choice, steps, mask_st
     t0 = time.perf_counter()
     rec = vis.generate(state.model, state.layer, label, neighbours, num_steps=steps, mask_steps=mask_steps,
                        alpha=alpha, guidance_scale=guidance, noise_max=noise_max, noise_min=noise_min,
-                       noise_mode=noise_mode, seed=seed, num_samples=num_samples, progress=progress)
-    ids = (*state.generations, rec.id)
-    if len(ids) > MAX_GENERATIONS_PER_SESSION:
-        vis.generations.discard(ids[:-MAX_GENERATIONS_PER_SESSION])
-        ids = ids[-MAX_GENERATIONS_PER_SESSION:]
+                       noise_mode=noise_mode, seed=seed, num_samples=num_samples, progress=progress,
+                       owner=state.sid)
+    ids = tuple(g for g in (*state.generations, rec.id) if g not in rec.dropped)[-MAX_GENERATIONS_PER_SESSION:]
     state = replace(state, generations=ids, active=rec.id, frame=rec.num_steps - 1)
     how = (f"masked at **{state.layer}** by the mean of {len(neighbours)} neighbour(s) for {mask_steps} step(s)"
            if neighbours and mask_steps else "without masking (no neighbours selected)" if not neighbours
@@ -571,12 +594,13 @@ def clear_trajectories(vis: GradioVisualizer, state: Session):
 def export_selection(vis: GradioVisualizer, state: Session):
     if state.selected is None and not state.neighbours():
         raise UserError("nothing to export: select a point or neighbours first")
-    path = vis.export_selection(state.model, state.layer, state.selected, state.manual, state.knn, state.knn_dist)
+    path = vis.export_selection(state.model, state.layer, state.selected, state.manual, state.knn, state.knn_dist,
+                                owner=state.sid)
     return state, {"export_file": str(path), "status": f"Exported the selection to {path.name}."}
 
 
 @guarded
 def export_generation(vis: GradioVisualizer, state: Session):
     rec = _active_record(vis, state)
-    path = vis.export_generation(rec)
+    path = vis.export_generation(rec, owner=state.sid)
     return state, {"export_file": str(path), "status": f"Exported generation {rec.id[:6]} to {path.name}."}

@@ -1,13 +1,19 @@
 """Zip exports: a selection with its neighbours, or one generation with every step.
 
-Files go to one temporary folder per app (``ExportFolder``), created on first use.
+Files go to one temporary folder per app (``ExportFolder``), created on first use and
+removed at exit. Gradio copies a returned file into its own cache while answering the
+request, so a zip here is served once the request is answered: a session's earlier zips
+are deleted when it exports again or ends, and any zip older than ``SERVED_AFTER_S``
+is deleted by the next export of anyone.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -22,36 +28,79 @@ from PIL import Image
 from .generations import GenerationRecord
 from .models import LayerData, ModelData
 
-__all__ = ["ExportFolder", "export_selection", "export_generation"]
+__all__ = ["ExportFolder", "export_selection", "export_generation", "SERVED_AFTER_S"]
+
+#: seconds after which an export has surely been copied into Gradio's cache (served)
+SERVED_AFTER_S = 60.0
 
 
 class ExportFolder:
-    """A temporary folder (made on first use) and unique zip names inside it."""
+    """A temporary folder (made on first use, removed at exit) and unique zip names inside
+    it, each owned by a session (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, served_after_s: float = SERVED_AFTER_S):
         self._path: Path | None = None
         self._lock = threading.Lock()
+        self._owned: dict[str, list[Path]] = {}
+        self.served_after_s = served_after_s
 
     @property
     def path(self) -> Path:
         with self._lock:
             if self._path is None:
                 self._path = Path(tempfile.mkdtemp(prefix="diffviews-export-"))
+                atexit.register(shutil.rmtree, self._path, True)
             return self._path
 
-    def zip_path(self, stem: str) -> Path:
-        return self.path / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
+    def zip_path(self, stem: str, owner: str = "") -> Path:
+        """A new zip name for ``owner``; the owner's earlier zips (none without an owner) and
+        every zip older than ``served_after_s`` are deleted first."""
+        path = self.path / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
+        if owner:
+            self.discard(owner)
+        self.sweep()
+        with self._lock:
+            self._owned.setdefault(owner, []).append(path)
+        return path
+
+    def discard(self, owner: str) -> None:
+        """Delete ``owner``'s zips (its session exported again or ended)."""
+        with self._lock:
+            paths = self._owned.pop(owner, [])
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+    def sweep(self) -> None:
+        """Delete zips older than ``served_after_s``."""
+        if self._path is None:
+            return
+        cutoff = time.time() - self.served_after_s
+        for p in self._path.glob("*.zip"):
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                pass  # removed meanwhile
+        with self._lock:
+            self._owned = {o: [p for p in ps if p.exists()] for o, ps in self._owned.items()}
+
+    def close(self) -> None:
+        """Remove the folder and everything in it."""
+        with self._lock:
+            path, self._path, self._owned = self._path, None, {}
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def export_selection(folder: ExportFolder, md: ModelData, ld: LayerData, selected: int | None,
-                     manual: Sequence[int], knn: Sequence[int], knn_dist: Sequence[float]) -> Path:
+                     manual: Sequence[int], knn: Sequence[int], knn_dist: Sequence[float], owner: str = "") -> Path:
     """A zip of the selection and its neighbours: selection.json, points.csv and each point's image."""
     m = md.metadata
     roles = ([] if selected is None else [(selected, "selected", None)]) + [(i, "neighbour", None) for i in manual]
     roles += [(i, "knn", float(d)) for i, d in zip(knn, knn_dist)]
     if not roles:
         raise ValueError("nothing to export: select a point or neighbours first")
-    path = folder.zip_path(f"selection-{md.name}-{ld.layer}")
+    path = folder.zip_path(f"selection-{md.name}-{ld.layer}", owner)
     table = io.StringIO()
     w = csv.writer(table)
     w.writerow(["point", "role", "sample_id", "class_label", "class_name", "noise_level", "sigma", "x", "y",
@@ -71,11 +120,11 @@ def export_selection(folder: ExportFolder, md: ModelData, ld: LayerData, selecte
     return path
 
 
-def export_generation(folder: ExportFolder, rec: GenerationRecord, coords: np.ndarray) -> Path:
+def export_generation(folder: ExportFolder, rec: GenerationRecord, coords: np.ndarray, owner: str = "") -> Path:
     """A zip of one generation: final images, every step (denoised and noised), params.json
     and trajectory.csv (``coords``: (S, B, 2) map positions per step and sample)."""
     r = rec.result
-    path = folder.zip_path(f"generation-{rec.model}-{rec.layer}-{rec.id[:6]}")
+    path = folder.zip_path(f"generation-{rec.model}-{rec.layer}-{rec.id[:6]}", owner)
     table = io.StringIO()
     w = csv.writer(table)
     w.writerow(["step", "sample", "sigma", "noise_level", "x", "y"])

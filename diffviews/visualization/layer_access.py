@@ -26,20 +26,25 @@ from ..data.maps import QUALITY_KEY, fit_aligned_embedding, load_aligned, load_m
 from ..data.metadata import load_sample_images
 from ..processing.umap import UMAPPipeline
 from . import gpu_ops
-from .models import VIEWS, LayerData, ModelCache, ModelData
+from .models import VIEWS, LayerData, ModelCache, ModelData, map_budget_bytes
 
 if TYPE_CHECKING:
     from ..data.r2_cache import LayerCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LayerAccess", "Progress"]
+__all__ = ["LayerAccess", "LayerNotReady", "Progress"]
 
 Progress = Callable[..., object]
 
 
 def no_progress(*_args, **_kwargs) -> None:
     return None
+
+
+class LayerNotReady(DataLayoutError):
+    """A light request (hover, click, KNN, filter, frames) asked for a layer or view that is
+    neither in memory nor valid on disk; it is never built on such a request."""
 
 
 class LayerAccess:
@@ -52,8 +57,9 @@ class LayerAccess:
     uploaded in the background, and the local disk budget is enforced (never evicting a
     layer held in memory)."""
 
-    def __init__(self, data_dir: str | Path, backend: Backend, max_resident_models: int = 1,
-                 default_model: str | None = None, layer_cache: LayerCache | None = None):
+    def __init__(self, data_dir: str | Path, backend: Backend, max_resident_models: int = 8,
+                 default_model: str | None = None, layer_cache: LayerCache | None = None,
+                 max_map_bytes: int | None = None):
         if not isinstance(backend, Backend):
             raise TypeError(f"backend must be a diffviews.backends.Backend, got {type(backend).__name__}")
         self.data_dir = Path(data_dir)
@@ -72,12 +78,36 @@ class LayerAccess:
             raise ValueError(f"unknown model {default_model!r}; models in {self.data_dir}: "
                              f"{', '.join(self.model_names)}")
         self.default_model = default_model or self.model_names[0]
-        shapes = functools.partial(gpu_ops.layer_shapes, backend)
+        self._shapes: dict[str, dict] = {}  # model -> layer shapes, asked of the backend once
         self.cache = ModelCache(self.data_dir, max_resident=max_resident_models,
-                                loader=lambda name: ModelData.load(self.data_dir, name, shapes),
-                                on_evict=backend.unload)
+                                loader=lambda name: ModelData.load(self.data_dir, name, self._layer_shapes),
+                                on_evict=backend.unload,
+                                max_bytes=map_budget_bytes() if max_map_bytes is None else max_map_bytes)
         self._build_locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._shown: dict[str, tuple[str, str]] = {}  # live session id -> (model, layer) it shows
+
+    def _layer_shapes(self, model: str) -> dict:
+        """The backend's layer shapes of ``model``, asked once: reloading a model's map data
+        after an eviction never touches the backend (nor loads weights)."""
+        shapes = self._shapes.get(model)
+        if shapes is None:
+            shapes = self._shapes[model] = dict(gpu_ops.layer_shapes(self.backend, model))
+        return shapes
+
+    # -- live sessions -----------------------------------------------------------------------
+    def note_shown(self, session: str, model: str, layer: str) -> None:
+        """``session`` shows ``layer`` of ``model``: the disk budget never evicts it while it lives."""
+        with self._guard:
+            self._shown[session] = (model, layer)
+
+    def forget_session(self, session: str) -> None:
+        with self._guard:
+            self._shown.pop(session, None)
+
+    def shown_layers(self) -> list[tuple[str, str]]:
+        with self._guard:
+            return sorted(set(self._shown.values()))
 
     # -- models ------------------------------------------------------------------------------
     def model(self, name: str) -> ModelData:
@@ -104,14 +134,22 @@ class LayerAccess:
         return (built or md.hookable_layers)[0]
 
     # -- layers ------------------------------------------------------------------------------
-    def layer(self, model: str, layer: str, progress: Progress | None = None) -> LayerData:
+    def layer(self, model: str, layer: str, progress: Progress | None = None, build: bool = True) -> LayerData:
         """The layer's data; a layer not built yet is built now (with progress) and kept on
-        disk; a built one just loads."""
+        disk; a built one just loads. With ``build=False`` (light requests) a layer that is
+        not valid on disk raises ``LayerNotReady`` instead of being built."""
         md = self.model(model)
         if layer not in md.hookable_layers:
             raise KeyError(f"unknown layer {layer!r} for model {model!r}; layers: {', '.join(md.hookable_layers)}")
         data = md.cached_layer(layer)
         if data is not None:
+            return data
+        if not build:
+            if not layer_state(md.paths, layer, self._source(md)).built:
+                raise LayerNotReady(f"layer {layer} of {model} is not ready on this server right now; choose it "
+                                    f"again in the layer menu to rebuild it")
+            data = md.add_layer(md.load_layer(layer))
+            self.cache.enforce()
             return data
         with self._lock_for(model, layer):
             data = md.cached_layer(layer)
@@ -121,14 +159,17 @@ class LayerAccess:
                 if QUALITY_KEY not in data.embedding_meta:  # a map saved before its JSON held it: once
                     data.embedding_meta[QUALITY_KEY] = load_map_quality(md.paths, layer, data.activations)
                 data = md.add_layer(data)
+        self.cache.enforce()
         return data
 
-    def ensure_view(self, model: str, layer: str, view: str, progress: Progress | None = None) -> LayerData:
+    def ensure_view(self, model: str, layer: str, view: str, progress: Progress | None = None,
+                    build: bool = True) -> LayerData:
         """The layer with the coordinates of ``view`` ready: the 3-D (aligned) map is loaded,
-        or fitted once and saved (suffix ``_aligned``)."""
+        or fitted once and saved (suffix ``_aligned``); with ``build=False`` nothing is
+        extracted or fitted (``LayerNotReady`` instead)."""
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
-        data = self.layer(model, layer, progress)
+        data = self.layer(model, layer, progress, build=build)
         if view == "2-D" or data.aligned is not None:
             return data
         md = self.model(model)
@@ -138,6 +179,9 @@ class LayerAccess:
                 try:
                     aligned = load_aligned(md.paths, layer, acts)
                 except DataLayoutError:
+                    if not build:
+                        raise LayerNotReady(f"the 3-D map of layer {layer} is not ready; choose the 3-D view "
+                                            f"again to fit it") from None
                     if progress is not None:  # not `progress or ...`: a gr.Progress() is falsy
                         progress(0.3, desc=f"Fitting the aligned 3-D map of {layer}")
                     aligned = fit_aligned_embedding(md.paths, layer, acts, md.metadata.noise_level,
@@ -202,9 +246,10 @@ class LayerAccess:
         return fit
 
     def _layers_in_memory(self) -> list[tuple[str, str]]:
-        """(model, layer) of every layer a resident model holds (their files must stay on disk:
-        the projection pipeline and the 3-D map are read from there on first use)."""
-        out = []
+        """(model, layer) of every layer a resident model holds or a live session shows (their
+        files must stay on disk: the projection pipeline and the 3-D map are read from there on
+        first use, and an evicted model's map data is reloaded from there)."""
+        out = self.shown_layers()
         for md in self.cache.resident_models():
             with md.lock:
                 out += [(md.name, layer) for layer in md.layers]

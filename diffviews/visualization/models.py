@@ -1,15 +1,18 @@
 """What the app holds in memory: ``ModelData`` (one model), ``LayerData`` (one model+layer),
-and ``ModelCache`` (the resident models, within a budget).
+and ``ModelCache`` (the resident models, within a byte budget).
 
 Everything here is shared by all browser sessions and read-only once built: a session
 keeps only names and indices in its own ``gr.State`` and asks the cache for the data, so
 loading a model for one session never changes what another sees. A model evicted to
 stay within the budget is loaded again, transparently, the next time a session asks.
+Map data is what this budget counts (``ModelData.nbytes``: metadata, sample images,
+coordinates, activations); model *weights* live in the backend, one model at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,6 +57,25 @@ def resize_to(image: np.ndarray, size: int) -> np.ndarray:
     new_w = max(1, round(w * size / h))
     resample = Image.Resampling.LANCZOS if size < h else Image.Resampling.BICUBIC
     return np.asarray(Image.fromarray(image).resize((new_w, size), resample))
+#: upscaled preview images kept per model (the rest are rebuilt on demand, a few µs each)
+PREVIEW_CACHE = 256
+#: bytes of map data resident at once, all models together (DIFFVIEWS_MAP_BUDGET_MB overrides)
+MAP_BUDGET_BYTES = 4 << 30
+MAP_BUDGET_ENV = "DIFFVIEWS_MAP_BUDGET_MB"
+
+
+def map_budget_bytes(env: dict | None = None) -> int:
+    """The map-data budget from ``DIFFVIEWS_MAP_BUDGET_MB`` (default ``MAP_BUDGET_BYTES``)."""
+    raw = (os.environ if env is None else env).get(MAP_BUDGET_ENV, "").strip()
+    if not raw:
+        return MAP_BUDGET_BYTES
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not mb > 0:
+        raise ValueError(f"{MAP_BUDGET_ENV}={raw!r}: give the map-data budget in MB (a number > 0)")
+    return int(mb * 2**20)
 
 
 def upscale(image: np.ndarray, min_size: int = PREVIEW_PIXELS) -> np.ndarray:
@@ -123,6 +145,15 @@ class LayerData:
     def aligned(self):
         return self._aligned
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layer holds or maps: activations (memory-mapped pages count once touched),
+        coordinates, norms."""
+        arrays = [self.activations, self.embedding, self.aligned_embedding, self._sq_norms]
+        if self._dense is not None and not isinstance(self._dense, np.memmap):
+            arrays.append(self._dense)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
 
 @dataclass(eq=False)
 class ModelData:
@@ -141,7 +172,7 @@ class ModelData:
     hookable_layers: list[str] = field(default_factory=list)
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    thumbnails: dict = field(default_factory=dict, repr=False)
+    thumbnails: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
     def n_points(self) -> int:
@@ -212,10 +243,30 @@ class ModelData:
     def preview(self, point: int) -> np.ndarray:
         """The upscaled clean image of ``point``'s sample (cached per sample)."""
         row = int(self.sample_of_point[point])
-        img = self.thumbnails.get(row)
-        if img is None:
-            img = self.thumbnails[row] = upscale(self.sample_images[row])
+        with self.lock:
+            img = self.thumbnails.get(row)
+            if img is not None:
+                self.thumbnails.move_to_end(row)
+                return img
+        img = upscale(self.sample_images[row])
+        with self.lock:
+            self.thumbnails[row] = img
+            while len(self.thumbnails) > PREVIEW_CACHE:
+                self.thumbnails.popitem(last=False)
         return img
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of map data held for this model: sample images, per-point arrays, previews
+        at their bound, and every loaded layer."""
+        with self.lock:
+            layers = list(self.layers.values())
+        preview = upscale(self.sample_images[0]).nbytes if len(self.sample_images) else 0
+        per_point = self.sample_of_point.nbytes + self.level_rank.nbytes + self.metadata_nbytes()
+        return int(self.sample_images.nbytes + per_point + PREVIEW_CACHE * preview + sum(ld.nbytes for ld in layers))
+
+    def metadata_nbytes(self) -> int:
+        return int(sum(np.asarray(v).nbytes for v in vars(self.metadata).values() if isinstance(v, np.ndarray)))
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
@@ -240,19 +291,24 @@ class ModelData:
 
 
 class ModelCache:
-    """The resident models, least recently used evicted beyond ``max_resident``.
+    """The resident models, least recently used evicted beyond ``max_resident`` models or
+    ``max_bytes`` of map data (``ModelData.nbytes``; the most recent model always stays).
 
     ``get(name)`` returns the loaded ``ModelData``, loading it (once, even when several
     sessions ask at the same time) when it is not resident. ``on_evict(name)`` is called
-    after a model leaves the cache (the app uses it to unload the model's weights)."""
+    after a model leaves the cache (the app uses it to unload the model's weights).
+    ``enforce()`` re-checks the byte budget after a model grew (a layer was added)."""
 
     def __init__(self, data_dir: str | Path, max_resident: int = 1,
                  loader: Callable[[str], ModelData] | None = None,
-                 on_evict: Callable[[str], None] | None = None):
+                 on_evict: Callable[[str], None] | None = None, max_bytes: int | None = None):
         if isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1:
             raise ValueError(f"max_resident must be an integer >= 1, got {max_resident!r}")
+        if max_bytes is not None and not max_bytes > 0:
+            raise ValueError(f"max_bytes must be > 0 (or None for no byte budget), got {max_bytes!r}")
         self.data_dir = Path(data_dir)
         self.max_resident = max_resident
+        self.max_bytes = max_bytes
         self._loader = loader or (lambda name: ModelData.load(self.data_dir, name))
         self._on_evict = on_evict
         self._models: OrderedDict[str, ModelData] = OrderedDict()
@@ -288,12 +344,24 @@ class ModelCache:
                 self._models[name] = data
                 self._models.move_to_end(name)
                 self.loads[name] = self.loads.get(name, 0) + 1
-                evicted = []
-                while len(self._models) > self.max_resident:
-                    old, _ = self._models.popitem(last=False)
-                    evicted.append(old)
-            for old in evicted:
-                log.info("model cache: evicted %s to stay within %d resident model(s)", old, self.max_resident)
-                if self._on_evict is not None:
-                    self._on_evict(old)
+            self.enforce()
             return data
+
+    def nbytes(self) -> int:
+        return sum(md.nbytes for md in self.resident_models())
+
+    def enforce(self) -> list[str]:
+        """Evict least recently used models beyond the count and byte budgets; returns their names."""
+        evicted = []
+        with self._guard:
+            sizes = {name: md.nbytes for name, md in self._models.items()}
+            while len(self._models) > 1 and (len(self._models) > self.max_resident or (
+                    self.max_bytes is not None and sum(sizes[n] for n in self._models) > self.max_bytes)):
+                old, _ = self._models.popitem(last=False)
+                evicted.append(old)
+        for old in evicted:
+            log.info("model cache: evicted %s to stay within %d model(s) and %s of map data", old,
+                     self.max_resident, "no limit" if self.max_bytes is None else f"{self.max_bytes / 2**20:.0f} MiB")
+            if self._on_evict is not None:
+                self._on_evict(old)
+        return evicted

@@ -160,13 +160,15 @@ def _generation_kwargs(vis: GradioVisualizer, state: Session, class_choice, step
     kwargs = dict(model=state.model, layer=state.layer, class_label=label, neighbours=set_a, num_steps=steps,
                   mask_steps=0, alpha=alpha, guidance_scale=guidance, noise_max=noise_max, noise_min=noise_min,
                   noise_mode=noise_mode, seed=seed, num_samples=num_samples, progress=progress, masks=masks,
-                  mask_mode=mode, noise_window=window)
+                  mask_mode=mode, noise_window=window, owner=state.sid)
     return kwargs, set_a, how
 
 
 def _remember(vis: GradioVisualizer, state: Session, records) -> Session:
-    """Add generation ids to the session (oldest dropped beyond the session's limit) and show the last."""
-    ids = (*state.generations, *(r.id for r in records))
+    """Add generation ids to the session (the store drops the session's own oldest beyond its
+    quota, and so does the session's list beyond its limit) and show the last."""
+    dropped = {g for r in records for g in r.dropped}
+    ids = tuple(g for g in (*state.generations, *(r.id for r in records)) if g not in dropped)
     if len(ids) > cb.MAX_GENERATIONS_PER_SESSION:
         vis.generations.discard(ids[:-cb.MAX_GENERATIONS_PER_SESSION])
         ids = ids[-cb.MAX_GENERATIONS_PER_SESSION:]

@@ -29,6 +29,7 @@ from ..core.masking import compute_mask_dict
 from . import gpu_ops
 from .exports import ExportFolder, export_generation, export_selection
 from .figures import Overlays, PlotFigure, build_figure, overlay_payload
+from .generations import MAX_BYTES as GENERATION_BYTES
 from .generations import GenerationRecord, GenerationStore
 from .layer_access import LayerAccess, Progress, no_progress
 
@@ -45,40 +46,48 @@ class GradioVisualizer(LayerAccess):
     ``data_dir`` (one folder per model, see ``diffviews.data.layout``), on ``backend``."""
 
     def __init__(self, data_dir: str | Path, backend: Backend | None = None, device: str | None = None,
-                 max_resident_models: int = 1, default_model: str | None = None, max_generations: int = 256,
-                 layer_cache: LayerCache | None = None):
+                 max_resident_models: int = 8, default_model: str | None = None, max_generations: int = 256,
+                 layer_cache: LayerCache | None = None, max_map_bytes: int | None = None,
+                 max_generation_bytes: int = GENERATION_BYTES):
         self.notice = None
         if backend is None:
             backend, self.notice = open_backend(data_dir, device)
         super().__init__(data_dir, backend, max_resident_models=max_resident_models, default_model=default_model,
-                         layer_cache=layer_cache)
-        self.generations = GenerationStore(max_generations)
+                         layer_cache=layer_cache, max_map_bytes=max_map_bytes)
+        self.generations = GenerationStore(max_generations, max_bytes=max_generation_bytes)
         self.exports = ExportFolder()
+
+    def forget_session(self, session: str) -> None:
+        """A session ended: drop its generations, its exports and the layer it showed."""
+        self.generations.discard_owner(session)
+        self.exports.discard(session)
+        super().forget_session(session)
 
     # -- figures -----------------------------------------------------------------------------
     def figure(self, model: str, layer: str, view: str = "2-D", class_filter: int | None = None,
                overlays: Overlays | None = None) -> PlotFigure:
         """The full figure: the points of (model, layer, view, class filter) and ``overlays``."""
         md, ld = self._view_data(model, layer, view)
-        return build_figure(md, ld, view, class_filter, overlays, self.trajectory_coords)
+        return build_figure(md, ld, view, class_filter, overlays, self._light_trajectory_coords)
 
     def overlay(self, model: str, layer: str, view: str = "2-D", class_filter: int | None = None,
                 overlays: Overlays | None = None) -> str:
         """The overlay message (JSON) that updates ``overlays`` on a figure of the same base in place."""
         md, ld = self._view_data(model, layer, view)
-        return overlay_payload(md, ld, view, class_filter, overlays, self.trajectory_coords)
+        return overlay_payload(md, ld, view, class_filter, overlays, self._light_trajectory_coords)
 
     def _view_data(self, model: str, layer: str, view: str):
-        ld = self.layer(model, layer)
-        if view == "3-D" and ld.aligned is None:
-            ld = self.ensure_view(model, layer, view)
+        ld = self.ensure_view(model, layer, view, build=False)  # light: never extracts or fits
         return self.model(model), ld
+
+    def _light_trajectory_coords(self, rec: GenerationRecord, view: str) -> np.ndarray:
+        return self.trajectory_coords(rec, view, build=False)
 
     # -- hover, selection, neighbours ---------------------------------------------------------
     def point_info(self, model: str, layer: str, view: str, index: int) -> str:
         md = self.model(model)
         m = md.metadata
-        ld = self.layer(model, layer)
+        ld = self.layer(model, layer, build=False)
         xyz = ld.coords(view)[index] if view == "2-D" or ld.aligned is not None else ld.embedding[index]
         noise_name = md.noise_symbol
         coords = ", ".join(f"{v:.3f}" for v in xyz)
@@ -103,7 +112,7 @@ class GradioVisualizer(LayerAccess):
                    space: str = "map") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest points to ``index`` (itself excluded): indices and Euclidean
         distances, nearest first, on the map of ``view`` or in the layer's activation space."""
-        ld = self.layer(model, layer)
+        ld = self.layer(model, layer, build=False)
         n = ld.n_points
         if not 1 <= k <= n - 1:
             raise ValueError(f"k must be within [1, {n - 1}] for {n} points, got {k}")
@@ -131,12 +140,14 @@ class GradioVisualizer(LayerAccess):
                  mask_steps: int, alpha: float, guidance_scale: float, noise_max: float, noise_min: float,
                  noise_mode: str, seed: int, num_samples: int, progress: Progress | None = None,
                  masks: dict[str, np.ndarray] | None = None, mask_mode: str = "blend",
-                 noise_window: tuple[float, float] | None = None) -> GenerationRecord:
+                 noise_window: tuple[float, float] | None = None, owner: str | None = None) -> GenerationRecord:
         """Generate with ``layer`` held at the neighbours' mean activation for the first
         ``mask_steps`` steps; the trajectory at ``layer`` is projected onto the 2-D map with
         one batched transform. Given ``masks`` ({layer: (1, C, H, W)}, e.g. from
         ``interventions.intervention_masks``) are used as they are, in ``mask_mode``, while the
-        noise level is inside ``noise_window`` (then ``mask_steps`` must be 0)."""
+        noise level is inside ``noise_window`` (then ``mask_steps`` must be 0). The record is
+        stored for ``owner`` (a session id); its own oldest records may be dropped
+        (``rec.dropped``), never another session's."""
         progress = no_progress if progress is None else progress  # gr.Progress() is falsy (len 0)
         md = self.model(model)
         ld = self.layer(model, layer)
@@ -155,11 +166,12 @@ class GradioVisualizer(LayerAccess):
                                [int(i) for i in neighbours], result)
         progress(0.8, desc="Projecting the trajectory onto the map")
         self.trajectory_coords(rec, "2-D")
-        self.generations.add(rec)
+        rec.dropped = self.generations.add(rec, owner)
         return rec
 
-    def trajectory_coords(self, rec: GenerationRecord, view: str) -> np.ndarray:
-        """(S, B, 2) positions on the 2-D map (one batched transform) or (S, B, 3) in the 3-D view."""
+    def trajectory_coords(self, rec: GenerationRecord, view: str, build: bool = True) -> np.ndarray:
+        """(S, B, 2) positions on the 2-D map (one batched transform) or (S, B, 3) in the 3-D view
+        (``build=False``: a 3-D map that is not fitted yet raises ``LayerNotReady``)."""
         if view in rec.coords:
             return rec.coords[view]
         traj = rec.result.trajectory[rec.layer]  # (S, B, D)
@@ -169,7 +181,7 @@ class GradioVisualizer(LayerAccess):
             flat = ld.pipeline(self.model(rec.model).paths).transform(traj.reshape(s * b, d))
             coords = flat.reshape(s, b, -1).astype(np.float32)
         else:
-            ld = self.ensure_view(rec.model, rec.layer, "3-D")
+            ld = self.ensure_view(rec.model, rec.layer, "3-D", build=build)
             levels = rec.result.noise_levels
             coords = np.stack([ld.aligned.transform(traj[i], level=float(levels[i])) for i in range(s)])
             coords = coords.astype(np.float32)
@@ -178,11 +190,11 @@ class GradioVisualizer(LayerAccess):
 
     # -- exports ------------------------------------------------------------------------------
     def export_selection(self, model: str, layer: str, selected: int | None, manual: Sequence[int],
-                         knn: Sequence[int], knn_dist: Sequence[float]) -> Path:
-        """A zip of the selection and its neighbours (see ``exports.export_selection``)."""
+                         knn: Sequence[int], knn_dist: Sequence[float], owner: str = "") -> Path:
+        """A zip of the selection and its neighbours (see ``exports.export_selection``), owned by ``owner``."""
         return export_selection(self.exports, self.model(model), self.layer(model, layer), selected, manual, knn,
-                                knn_dist)
+                                knn_dist, owner)
 
-    def export_generation(self, rec: GenerationRecord) -> Path:
-        """A zip of one generation (see ``exports.export_generation``)."""
-        return export_generation(self.exports, rec, self.trajectory_coords(rec, "2-D"))
+    def export_generation(self, rec: GenerationRecord, owner: str = "") -> Path:
+        """A zip of one generation (see ``exports.export_generation``), owned by ``owner``."""
+        return export_generation(self.exports, rec, self.trajectory_coords(rec, "2-D"), owner)
