@@ -131,7 +131,7 @@ def test_click_box_select_and_generate_on_a_100k_map(browser, big_app):
         assert len(s["neighbours"]) > 10  # a dense 100k map: many points in a 24-pixel box
 
         # generate from them: the image, and its trajectory drawn over the same points
-        for elem, value in (("gen-steps", "4"), ("gen-mask-steps", "2")):
+        for elem, value in (("gen-steps", "4"), ("window-from", "50")):
             page.fill(f"#{elem} input[type=number]", value)
             page.keyboard.press("Tab")
         page.click("#generate-button")
