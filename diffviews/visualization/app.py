@@ -105,12 +105,12 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
     ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``), and so
     does the state when the handler returns the one it was given: a handler that changes
     nothing never overwrites what a concurrent event of the same session stored meanwhile. The
-    session's id is Gradio's session hash (what ``demo.unload`` names when the visitor leaves).
+    session's id is Gradio's session hash (what ``demo.unload`` names when the visitor leaves),
+    filled in from the request on every call, so it need not be written back on its own.
     With a ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
     def run(*args):
         *args, request = args  # Gradio passes the request last (see the signature below)
-        given = args[0] if args else None
         session = getattr(request, "session_hash", None)
         if session and args and isinstance(args[0], cb.Session) and args[0].sid is None:
             args[0] = replace(args[0], sid=session)
@@ -122,7 +122,8 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
                     state, out = fn(vis, *args)
         except Busy as exc:
             state, out = args[0], cb.error_output(str(exc))
-        return (gr.skip() if state is given else state, *[out.get(name, gr.skip()) for name in outputs])
+        unchanged = bool(args) and state is args[0]
+        return (gr.skip() if unchanged else state, *[out.get(name, gr.skip()) for name in outputs])
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
