@@ -44,6 +44,8 @@ from .timing import rounded
 ACTIONS = {"hover": 40, "click": 18, "knn": 10, "frame": 6, "layer": 6, "model": 4, "generate": 10, "export": 6}
 #: actions whose p95 latency must stay low while generations run
 LIGHT = ("hover", "click", "knn", "frame")
+#: the app's handler names of the light actions (its timing log)
+SERVER_LIGHT = ("hover", "select_point", "suggest_knn", "step_frame", "plot_event", "filter_class")
 #: seconds a visitor waits between actions (uniform), like a person looking at the page
 THINK_S = (0.3, 1.2)
 ERROR_PREFIX = "**Error:**"
@@ -127,6 +129,7 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.extra_args = list(extra_args or [])
         self.env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+                    "DIFFVIEWS_TIMING_LOG": "1",
                     "TMPDIR": str(self.tmp), "GRADIO_TEMP_DIR": str(self.tmp / "gradio"), **(env or {})}
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
@@ -163,6 +166,21 @@ class AppServer:
 
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def handler_timings(self) -> dict[str, list[float]]:
+        """Milliseconds per handler run inside the app (its ``diffviews.timing`` log lines):
+        the handler alone, without the queue or the client."""
+        out = defaultdict(list)
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        for line in text.splitlines():
+            _, sep, rest = line.partition("diffviews.timing: ")
+            parts = rest.split()
+            if sep and len(parts) == 2:
+                try:
+                    out[parts[0]].append(float(parts[1]))
+                except ValueError:
+                    pass
+        return dict(out)
 
     def rss(self, field: str = "VmRSS") -> int:
         return process_rss(self.proc.pid, field) if self.proc is not None else 0
@@ -519,6 +537,7 @@ def run_soak(options: SoakOptions) -> dict:
                 if time.monotonic() > deadline + 900:
                     break  # a visitor stuck in a call; the report says so through its missing calls
             end = {**app.memory(), **app.disk()}
+            inside = app.handler_timings()
             load_end = os.getloadavg()
             app_alive = app.proc.poll() is None
         wall = time.monotonic() - t0
@@ -534,6 +553,8 @@ def run_soak(options: SoakOptions) -> dict:
         "requests": {k: len(v) for k, v in sorted(tally.latencies.items())},
         "latency": {k: summarise(v) for k, v in sorted(tally.latencies.items())},
         "light_latency": summarise(light),
+        "handler_latency": {k: summarise(v) for k, v in sorted(inside.items())},
+        "light_handler_latency": summarise([ms for k in SERVER_LIGHT for ms in inside.get(k, [])]),
         "errors": len(tally.errors), "error_examples": tally.errors[:10],
         "cross_session_effects": len(tally.cross), "cross_examples": tally.cross[:10],
         "busy": dict(tally.busy),
@@ -561,7 +582,9 @@ def markdown(report: dict) -> str:
             ("Errors (well-behaved)", str(report["errors"])),
             ("Cross-session effects", str(report["cross_session_effects"])),
             ("Light handlers p50 / p95", f"{report['light_latency'].get('p50_ms')} ms / "
-                                         f"{report['light_latency'].get('p95_ms')} ms")]
+                                         f"{report['light_latency'].get('p95_ms')} ms"),
+            ("Light handlers inside the app p50 / p95", f"{report['light_handler_latency'].get('p50_ms')} ms / "
+                                                        f"{report['light_handler_latency'].get('p95_ms')} ms")]
     rows += [(f"{k} p50 / p95", f"{v.get('p50_ms')} ms / {v.get('p95_ms')} ms") for k, v in lat.items()]
     la = report.get("load_average")
     if la:

@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 from dataclasses import replace
 
 import gradio as gr
@@ -26,7 +27,7 @@ from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
 from . import steering as st
 from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
-from .limits import Busy, HeavyGate
+from .limits import Busy, HeavyGate, limit_malloc_arenas
 from .models import ModelData
 from .visualizer import GradioVisualizer
 
@@ -34,6 +35,8 @@ __all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "add_notice", 
            "PLOTLY_HANDLER_JS", "ENDPOINT_OUTPUTS", "SERVE_OPTIONS", "QUEUE_SIZE", "HEAVY"]
 
 log = logging.getLogger(__name__)
+#: one DEBUG line per handler run, "<api name> <ms>" (``DIFFVIEWS_TIMING_LOG=1`` turns it on in ``main``)
+timing = logging.getLogger("diffviews.timing")
 
 VIEW = ["plot", "status", "session_info", "overlay"]
 SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
@@ -110,6 +113,7 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
     With a ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
     def run(*args):
+        t0 = time.perf_counter()
         *args, request = args  # Gradio passes the request last (see the signature below)
         session = getattr(request, "session_hash", None)
         if session and args and isinstance(args[0], cb.Session) and args[0].sid is None:
@@ -122,6 +126,7 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
                     state, out = fn(vis, *args)
         except Busy as exc:
             state, out = args[0], cb.error_output(str(exc))
+        timing.debug("%s %.3f", fn.__name__, 1000 * (time.perf_counter() - t0))
         unchanged = bool(args) and state is args[0]
         return (gr.skip() if unchanged else state, *[out.get(name, gr.skip()) for name in outputs])
 
@@ -146,6 +151,7 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
     a concurrency limit per kind of work. Launch it with ``launch_app`` (adds the CSS).
     ``warmup`` starts umap-learn's JIT compilation in a background thread (once per process).
     ``notice`` (default: the visualizer's own, e.g. "browse only") is shown on every page load."""
+    limit_malloc_arenas()  # before the serving threads start: one heap per thread would only grow
     if warmup:
         umap_warmup(background=True)
     vis = visualizer
@@ -172,7 +178,9 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
                              api_visibility="private", show_progress="hidden")
 
         def hover(state, payload):
+            t0 = time.perf_counter()
             out = cb.hover(vis, state, payload)
+            timing.debug("hover %.3f", 1000 * (time.perf_counter() - t0))
             return tuple(out.get(name, gr.skip()) for name in ENDPOINT_OUTPUTS["hover"])
 
         ui["hover_bridge"].change(hover, inputs=[state, ui["hover_bridge"]],
@@ -181,7 +189,10 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
                                   concurrency_limit=CONCURRENCY["hover"], show_progress="hidden")
 
         def step(delta):
-            return lambda vis, state: cb.step_frame(vis, state, delta)
+            def step_frame(vis, state):
+                return cb.step_frame(vis, state, delta)
+
+            return step_frame
 
         for name, button, delta in (("prev_frame", "prev_button", -1), ("next_frame", "next_button", 1)):
             listen(button, "click", _handler(vis, step(delta), FRAME), [], FRAME, name, "light")
@@ -241,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("DIFFVIEWS_TIMING_LOG", "").strip() in ("1", "true"):
+        timing.setLevel(logging.DEBUG)
     if not 1 <= args.port <= 65535:
         print(f"error: --port must be within [1, 65535], got {args.port}", file=sys.stderr)
         return 2
