@@ -25,7 +25,17 @@ import gradio as gr
 
 from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
-from . import steering as st
+from .events import (
+    CACHE_CLEANUP,
+    CONCURRENCY,
+    ENDPOINT_OUTPUTS,
+    EVENTS,
+    FRAME,
+    HEAVY,
+    QUEUE_SIZE,
+    SERVE_OPTIONS,
+    SESSION_TTL_S,
+)
 from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
 from .limits import Busy, HeavyGate, limit_malloc_arenas
 from .models import ModelData
@@ -38,69 +48,6 @@ log = logging.getLogger(__name__)
 #: one DEBUG line per handler run, "<api name> <ms>" (``DIFFVIEWS_TIMING_LOG=1`` turns it on in ``main``)
 timing = logging.getLogger("diffviews.timing")
 
-VIEW = ["plot", "status", "session_info", "overlay"]
-SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
-GENERATION = ["generated_image", "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown"]
-MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_steps", "gen_mask_steps",
-         "gen_guidance", "gen_noise_max", "gen_noise_min"]
-FRAME = ["plot", "session_info", "frame_image", "frame_info", "overlay", "status"]
-GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
-              "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
-STEER_INPUTS = ["gen_class", "gen_steps", "window_from", "window_to", "gen_mode", "gen_alpha", "steer_layers",
-                "reference_set", "gen_guidance", "gen_noise_max", "gen_noise_min", "gen_noise_mode", "gen_seed",
-                "gen_samples"]
-
-# api_name -> (trigger component, event, handler, inputs after the state, outputs, concurrency group)
-EVENTS = {
-    "plot_event": ("plot_bridge", "change", cb.plot_event, ["plot_bridge", "neighbor_toggle"],
-                   VIEW + SELECTION + ["frame_image", "frame_info"], "light"),
-    "select_point": ("select_button", "click", cb.select_point, ["point_index", "neighbor_toggle"],
-                     VIEW + SELECTION, "light"),
-    "knn": ("knn_button", "click", st.suggest_knn, ["knn_k", "knn_space"], VIEW + SELECTION, "light"),
-    "clear_selection": ("clear_button", "click", cb.clear_selection, [], VIEW + SELECTION, "light"),
-    "filter_class": ("class_filter", "input", cb.filter_class, ["class_filter"], VIEW, "light"),
-    "switch_model": ("model_dropdown", "input", cb.switch_model, ["model_dropdown"],
-                     VIEW + SELECTION + GENERATION + MODEL, "model"),
-    "switch_layer": ("layer_dropdown", "input", cb.switch_layer, ["layer_dropdown"],
-                     VIEW + SELECTION + GENERATION + ["layer_dropdown"], "layer"),
-    "switch_view": ("view_radio", "input", cb.switch_view, ["view_radio"], VIEW + SELECTION + ["view_radio"],
-                    "layer"),
-    "generate": ("generate_legacy_button", "click", cb.generate, GEN_INPUTS, VIEW + GENERATION, "generate"),
-    "choose_trajectory": ("trajectory_dropdown", "input", cb.choose_trajectory, ["trajectory_dropdown"],
-                          VIEW + GENERATION, "light"),
-    "clear_trajectories": ("clear_trajectories_button", "click", cb.clear_trajectories, [], VIEW + GENERATION,
-                           "light"),
-    "export_selection": ("export_selection_button", "click", cb.export_selection, [], ["export_file", "status"],
-                         "export"),
-    "export_generation": ("export_generation_button", "click", cb.export_generation, [],
-                          ["export_file", "status"], "export"),
-    "steer": ("generate_button", "click", st.steer, STEER_INPUTS, VIEW + GENERATION, "generate"),
-    "sweep": ("sweep_button", "click", st.sweep, STEER_INPUTS + ["sweep_over", "sweep_values"],
-              VIEW + GENERATION + ["sweep_gallery", "sweep_chart"], "generate"),
-    "export_sweep": ("export_sweep_button", "click", st.export_sweep, [], ["export_file", "status"], "export"),
-    "use_as_set_b": ("set_b_button", "click", st.use_as_set_b, [], VIEW + SELECTION + ["set_b_info"], "light"),
-    "clear_set_b": ("clear_set_b_button", "click", st.clear_set_b, [], VIEW + ["set_b_info"], "light"),
-    "switch_mode": ("gen_mode", "input", st.switch_mode, ["gen_mode", "gen_alpha"], ["gen_alpha", "sweep_values"],
-                    "light"),
-    "switch_sweep_over": ("sweep_over", "input", st.switch_sweep_over, ["sweep_over", "gen_mode"], ["sweep_values"],
-                          "light"),
-    "refresh_layers": ("model_dropdown", "change", st.refresh_layers, [], ["steer_layers", "set_b_info"], "light"),
-}
-#: how many of one kind of work Gradio hands to the app at once (a group shares its limit); the
-#: heavy kinds then pass ``limits.HeavyGate`` (per-session limit, the real slots per kind)
-CONCURRENCY = {"hover": 8, "light": 8, "model": 2, "layer": 2, "generate": 4, "export": 2}
-HEAVY = ("model", "layer", "generate", "export")
-#: events waiting in the queue, all sessions together; beyond it Gradio answers "queue is full"
-QUEUE_SIZE = 64
-#: Gradio's file cache: every 60 s, files older than 10 min are deleted (and all of it at exit)
-CACHE_CLEANUP = (60, 600)
-#: a session idle this long is forgotten (its generations and exports freed), even without a closed tab
-SESSION_TTL_S = 3600
-#: what every host passes to ``launch`` / ``mount_gradio_app``: no useful upload (the app takes none)
-SERVE_OPTIONS = {"max_file_size": 1024 * 1024}
-#: api_name -> the names of its outputs, in the order a client receives them (the state is not among them)
-ENDPOINT_OUTPUTS = {name: spec[4] for name, spec in EVENTS.items()}
-ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAME, next_frame=FRAME)
 
 
 def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | None = None, kind: str = ""):
