@@ -133,7 +133,8 @@ def modal_image(kind: str):
         image = image.pip_install("torch>=2.2,<3", index_url=TORCH_CPU_INDEX)
     image = image.pip_install_from_pyproject(str(PYPROJECT), optional_dependencies=list(IMAGE_EXTRAS[kind]),
                                              extra_index_url=NVIDIA_INDEX)
-    return (image.env({DATA_DIR_ENV: MODAL_DATA_DIR, "HF_HOME": HF_CACHE_DIR})
+    # MALLOC_ARENA_MAX: one glibc heap per request thread only grows (see visualization.limits)
+    return (image.env({DATA_DIR_ENV: MODAL_DATA_DIR, "HF_HOME": HF_CACHE_DIR, "MALLOC_ARENA_MAX": "2"})
             .add_local_python_source("diffviews", ignore=["**/*.pyc"]))  # .py files and the demo weights
 
 
