@@ -18,7 +18,6 @@ process at another checkout (e.g. main, for the "before" numbers of the same run
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .soak import free_port
 from .timing import rounded
 
 SIZES = (4_000, 100_000, 1_000_000)
@@ -89,17 +89,11 @@ RING_JS = """(name) => {
 }""".replace("PLOT", PLOT)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _App:
     """The app process for one size (``code_root`` first on its path)."""
 
     def __init__(self, data_dir: Path, n: int, code_root: Path, timeout: float = 600.0):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(data_dir), str(n), str(self.port)],

@@ -9,8 +9,6 @@ then stopped (this process started it, so it ends it by its process id).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .soak import free_port, stop_process_group
 from .timing import rounded
 
 #: what the app logs when its background umap warm-up has finished
@@ -27,12 +26,6 @@ WARMUP_DONE = "JIT warm-up done"
 BEFORE_ENV = {"DIFFVIEWS_JIT_CACHE": "0", "DIFFVIEWS_EXACT_KNN": "0", "DIFFVIEWS_WARMUP_LARGE": "1"}
 IMPORT_SNIPPET = ("import time; t0 = time.perf_counter(); import {module}; "
                   "print(time.perf_counter() - t0)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -85,22 +78,8 @@ def launch_timings(data_dir: Path, model: str, env: dict | None = None, timeout:
             time.sleep(0.1)
         return {"first_page_s": rounded(first_page, 2), "warmup_done_s": warmup_done and rounded(warmup_done, 1)}
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         log.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End the app we started (its own session, so its children go with it)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 def measure(data_dir: Path, model: str, quick: bool = False) -> dict:
