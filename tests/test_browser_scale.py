@@ -143,6 +143,7 @@ def test_click_box_select_and_generate_on_a_100k_map(browser, big_app):
         assert after["points"] == md.n_points and after["rings"]["selected"] == [selected]
         assert after["probe"], "the base points were redrawn from a new figure instead of updated in place"
         assert "Generated 1 × class" in page.inner_text("#status")
+        page.evaluate("() => window.scrollTo(0, 0)")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "scale_100k_generated.png"))
     finally:
