@@ -14,6 +14,24 @@ TINY_MODEL = "digits"
 TINY_BUILD = {"num_samples": 60, "noise_levels": [80.0, 50.0, 20.0], "seed": 0, "progress": False, "threads": 1}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_temp_dir(tmp_path_factory):
+    """Temp files of this session (and of the processes it starts) go under pytest's own base
+    folder, which pytest prunes: gradio_client, for one, leaves a folder per downloaded file."""
+    import os
+    import tempfile
+
+    path = tmp_path_factory.mktemp("tmp")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(path), str(path)
+    yield path
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_build_kwargs() -> dict:
     """The keyword arguments ``tiny_data_dir`` was built with (for re-runs of the build)."""

@@ -36,3 +36,8 @@ def test_abusive_visitors_are_refused(report):
 def test_temp_files_stay_bounded(report):
     grown = report["disk"]["end"]["tmp_bytes"] - report["disk"]["start"]["tmp_bytes"]
     assert grown < 64 * 1024 * 1024, f"the app's temp files grew by {grown / 2**20:.1f} MiB in 30 s"
+
+
+def test_stopping_the_app_removes_its_exports(report):
+    """Hosts stop the app with SIGTERM; its export folder (the warm-up exports) must not outlive it."""
+    assert report["disk"]["after_stop"]["export_folders"] == 0, report["disk"]

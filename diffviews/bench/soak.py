@@ -209,6 +209,7 @@ class Tally:
     errors: list = field(default_factory=list)  # (visitor, kind, message)
     cross: list = field(default_factory=list)  # (visitor, kind, what differed)
     busy: dict = field(default_factory=lambda: defaultdict(int))  # kind -> "busy, try again" answers
+    quota_drops: int = 0  # a visitor's oldest generations dropped by its own per-session quota
     abuse: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))  # kind -> outcome -> n
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -282,6 +283,12 @@ class Visitor:
         listed = list(info.get("generations") or [])
         foreign = [g for g in listed if g not in self.generations]
         lost = [g for g in self.generations if g not in listed]
+        # the session's own quota drops its oldest generations: only a gap elsewhere is lost
+        kept = [g for g in self.generations if g in listed]
+        if lost and kept and self.generations.index(kept[0]) == len(lost):
+            with self.tally.lock:
+                self.tally.quota_drops += len(lost)
+            lost = []
         if foreign or lost:
             self.tally.crossed(self.name, kind, f"generations: {len(foreign)} foreign, {len(lost)} lost")
         self.generations = [g for g in self.generations if g in listed]
@@ -444,7 +451,7 @@ def abuser(url: str, tally: Tally, deadline: float, downloads: Path, rng: random
 
 def warm_up(url: str, downloads: Path, layers: int = 3) -> None:
     """One visit to every model and its first ``layers`` layers (building any that are
-    missing), with a KNN in activation space and a generation each, so that the steady state
+    missing), with a KNN in activation space, a generation and its export each, so that the steady state
     the soak measures starts with the caches full (the "after warm-up" RSS)."""
     from gradio_client import Client
 
@@ -462,6 +469,7 @@ def warm_up(url: str, downloads: Path, layers: int = 3) -> None:
             for steps, samples in ((GEN_STEPS, 1), (FLOOD_SIZE[0], FLOOD_SIZE[1])):  # the largest asked for
                 client.predict("From selected point", steps, 2, 1.0, 2.0, 100.0, 0.0, "fixed", 0, samples,
                                api_name="/generate")
+            client.predict(api_name="/export_generation")
             client.predict(api_name="/clear_trajectories")
     finally:
         client.close()
@@ -502,6 +510,8 @@ def run_soak(options: SoakOptions) -> dict:
         raise ValueError(f"sessions must be >= 1, duration > 0 and abusive >= 0; got {options.sessions}, "
                          f"{options.duration}, {options.abusive}")
     scratch = Path(tempfile.mkdtemp(prefix="diffviews-soak-"))
+    # gradio_client leaves an empty folder in the temp dir per file it downloads: keep them in scratch
+    client_tmp, tempfile.tempdir = tempfile.tempdir, str(scratch)
     try:
         data = scratch / "data"
         shutil.copytree(options.data_dir, data)
@@ -541,7 +551,11 @@ def run_soak(options: SoakOptions) -> dict:
             load_end = os.getloadavg()
             app_alive = app.proc.poll() is None
         wall = time.monotonic() - t0
+        # stopped as hosts stop it (SIGTERM): what it leaves behind in its temp folder
+        after_stop = {"tmp_bytes": folder_bytes(app.tmp),
+                      "export_folders": len(list(app.tmp.glob("diffviews-export-*")))}
     finally:
+        tempfile.tempdir = client_tmp
         shutil.rmtree(scratch, ignore_errors=True)
     warm = warm or start
     light = [ms for kind in LIGHT for ms in tally.latencies.get(kind, [])]
@@ -557,13 +571,14 @@ def run_soak(options: SoakOptions) -> dict:
         "light_handler_latency": summarise([ms for k in SERVER_LIGHT for ms in inside.get(k, [])]),
         "errors": len(tally.errors), "error_examples": tally.errors[:10],
         "cross_session_effects": len(tally.cross), "cross_examples": tally.cross[:10],
-        "busy": dict(tally.busy),
+        "busy": dict(tally.busy), "own_quota_drops": tally.quota_drops,
         "abuse": {k: dict(v) for k, v in tally.abuse.items()},
         "rss": _growth(start, warm, end, "rss_bytes"),
         "rss_anon": _growth(start, warm, end, "anon_bytes"),
         "rss_file": _growth(start, warm, end, "file_bytes"),
         "disk": {"start": {k: v for k, v in start.items() if k in ("tmp_bytes", "data_bytes")},
-                 "end": {k: v for k, v in end.items() if k in ("tmp_bytes", "data_bytes")}},
+                 "end": {k: v for k, v in end.items() if k in ("tmp_bytes", "data_bytes")},
+                 "after_stop": after_stop},
     }
 
 
@@ -581,6 +596,7 @@ def markdown(report: dict) -> str:
             ("Requests", " · ".join(f"{k} {n}" for k, n in report["requests"].items())),
             ("Errors (well-behaved)", str(report["errors"])),
             ("Cross-session effects", str(report["cross_session_effects"])),
+            ("Own oldest generations dropped by the per-session quota", str(report.get("own_quota_drops", 0))),
             ("Light handlers p50 / p95", f"{report['light_latency'].get('p50_ms')} ms / "
                                          f"{report['light_latency'].get('p95_ms')} ms"),
             ("Light handlers inside the app p50 / p95", f"{report['light_handler_latency'].get('p50_ms')} ms / "
@@ -598,6 +614,10 @@ def markdown(report: dict) -> str:
                      f"({rss['growth_after_warmup_pct']:+.1f} % after warm-up)"))
     d0, d1 = report["disk"]["start"], report["disk"]["end"]
     rows.append(("Temp files start → end", f"{d0['tmp_bytes'] / mib:.1f} → {d1['tmp_bytes'] / mib:.1f} MiB"))
+    left = report["disk"].get("after_stop")
+    if left:
+        rows.append(("Left in the temp folder after SIGTERM", f"{left['tmp_bytes'] / mib:.1f} MiB, "
+                     f"{left['export_folders']} export folder(s)"))
     rows.append(("Data folder start → end", f"{d0['data_bytes'] / mib:.1f} → {d1['data_bytes'] / mib:.1f} MiB"))
     for kind, outcomes in report["abuse"].items():
         rows.append((f"Abuse: {kind}", ", ".join(f"{k} {n}" for k, n in outcomes.items())))

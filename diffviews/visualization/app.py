@@ -17,7 +17,9 @@ import argparse
 import inspect
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -176,7 +178,10 @@ def add_notice(demo: gr.Blocks, text: str) -> gr.Blocks:
 
 def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
     """``demo.launch`` with the app's CSS (Gradio 6 takes css in launch, not in Blocks) and
-    ``SERVE_OPTIONS`` (upload cap)."""
+    ``SERVE_OPTIONS`` (upload cap). A SIGTERM (how hosts and containers stop a process) ends the
+    server as Ctrl-C does, so the exit handlers run and the export folder is removed."""
+    if not kwargs.get("prevent_thread_lock") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     return demo.launch(server_name=host, server_port=port, share=share, css=CUSTOM_CSS,
                        **{**SERVE_OPTIONS, **kwargs})
 
