@@ -28,8 +28,9 @@ install-dev: $(VENV)/.installed-dev
 data: install
 	$(VENV)/bin/diffviews build-demo --data-dir $(DATA) --threads 1
 
+# MALLOC_ARENA_MAX=2: one glibc heap per request thread only grows (visualization/limits.py)
 run: data
-	$(VENV)/bin/diffviews viz --data-dir $(DATA) --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/diffviews viz --data-dir $(DATA) --port $(PORT)
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
