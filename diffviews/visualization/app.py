@@ -41,6 +41,7 @@ from .events import (
 from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
 from .limits import Busy, HeavyGate, limit_malloc_arenas
 from .models import ModelData
+from .session_merge import SessionBoard
 from .visualizer import GradioVisualizer
 
 __all__ = ["GradioVisualizer", "create_gradio_app", "launch_app", "add_notice", "main", "ModelData", "CUSTOM_CSS",
@@ -52,13 +53,16 @@ timing = logging.getLogger("diffviews.timing")
 
 
 
-def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | None = None, kind: str = ""):
+def _handler(vis: GradioVisualizer, fn, outputs: list[str], board: SessionBoard, gate: HeavyGate | None = None,
+             kind: str = ""):
     """``fn(vis, state, *inputs) -> (state, {name: value})`` as a Gradio function returning
     ``(state, *outputs)``; outputs the handler left out stay unchanged (``gr.skip()``), and so
     does the state when the handler returns the one it was given: a handler that changes
     nothing never overwrites what a concurrent event of the same session stored meanwhile. The
     session's id is Gradio's session hash (what ``demo.unload`` names when the visitor leaves),
-    filled in from the request on every call, so it need not be written back on its own.
+    filled in from the request on every call, so it need not be written back on its own. A
+    changed state goes through ``board`` (``session_merge``): it lands on the latest state of the
+    session, so a slow handler never undoes what a faster event of the same session did meanwhile.
     With a ``gate`` the handler runs only when the session's heavy-job limit and ``kind``'s slot allow."""
 
     def run(*args):
@@ -76,8 +80,10 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
         except Busy as exc:
             state, out = args[0], cb.error_output(str(exc))
         timing.debug("%s %.3f", fn.__name__, 1000 * (time.perf_counter() - t0))
-        unchanged = bool(args) and state is args[0]
-        return (gr.skip() if unchanged else state, *[out.get(name, gr.skip()) for name in outputs])
+        if not args or state is args[0]:
+            return (gr.skip(), *[out.get(name, gr.skip()) for name in outputs])
+        state = board.commit(session, args[0], state)
+        return (state, *[out.get(name, gr.skip()) for name in outputs])
 
     params = list(inspect.signature(fn).parameters.values())[1:]  # the visualizer is bound here
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
@@ -88,9 +94,10 @@ def _handler(vis: GradioVisualizer, fn, outputs: list[str], gate: HeavyGate | No
     return run
 
 
-def _forget(vis: GradioVisualizer, state) -> None:
+def _forget(vis: GradioVisualizer, board: SessionBoard, state) -> None:
     """A session ended (Gradio's State delete callback): free what it owned."""
     vis.generations.discard(getattr(state, "generations", ()))
+    board.forget(getattr(state, "sid", None))
     if getattr(state, "sid", None):
         vis.forget_session(state.sid)
 
@@ -105,10 +112,10 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
         umap_warmup(background=True)
     vis = visualizer
     session = cb.initial_session(vis)
-    gate = HeavyGate()
+    gate, board = HeavyGate(), SessionBoard()
     with gr.Blocks(title="DiffViews", delete_cache=CACHE_CLEANUP) as demo:
         ui = build_layout(vis, session)
-        state = gr.State(session, delete_callback=lambda s: _forget(vis, s), time_to_live=SESSION_TTL_S)
+        state = gr.State(session, delete_callback=lambda s: _forget(vis, board, s), time_to_live=SESSION_TTL_S)
         ui["state"] = state
 
         def listen(component, event, fn, inputs, outputs, api_name, group, **kw):
@@ -120,7 +127,8 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
         for api_name, (component, event, fn, inputs, outputs, group) in EVENTS.items():
             extra = {"trigger_mode": "always_last"} if event == "change" else {}
             heavy = {"gate": gate, "kind": group} if group in HEAVY else {}
-            listen(component, event, _handler(vis, fn, outputs, **heavy), inputs, outputs, api_name, group, **extra)
+            handler = _handler(vis, fn, outputs, board, **heavy)
+            listen(component, event, handler, inputs, outputs, api_name, group, **extra)
 
         # overlay messages are applied in the browser, on the plot already drawn (no server round trip)
         ui["overlay"].change(None, inputs=[ui["overlay"]], outputs=None, js=OVERLAY_JS, queue=False,
@@ -144,13 +152,15 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
             return step_frame
 
         for name, button, delta in (("prev_frame", "prev_button", -1), ("next_frame", "next_button", 1)):
-            listen(button, "click", _handler(vis, step(delta), FRAME), [], FRAME, name, "light")
+            listen(button, "click", _handler(vis, step(delta), FRAME, board), [], FRAME, name, "light")
 
         def on_step_selected(state, evt: gr.SelectData):
-            state, out = cb.show_frame(vis, state, evt.index)
-            return (state, *[out.get(n, gr.skip()) for n in FRAME])
+            new, out = cb.show_frame(vis, state, evt.index)
+            return (board.commit(state.sid, state, new) if new is not state else gr.skip(),
+                    *[out.get(n, gr.skip()) for n in FRAME])
 
         def on_leave(request: gr.Request):  # the visitor closed the page (or its client): free what it owned
+            board.forget(request.session_hash)
             vis.forget_session(request.session_hash)
 
         demo.unload(on_leave)
