@@ -34,8 +34,9 @@ def local(data_dir):
 
 @pytest.fixture(scope="module")
 def proc(data_dir):
-    # this process's torch thread count in the worker too (a umap fit earlier in the process may have
-    # changed it), so that results agree to the last bit
+    # this process's torch thread count in the worker too; results still agree only to float
+    # rounding: a numba compile in a background thread (the app's umap warm-up) may change this
+    # process's thread count later, and with it the order of the sums
     threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     backend = process_backend(data_dir, device="cpu", timeout=120, env=threads)
     yield backend
@@ -50,12 +51,12 @@ def proc(data_dir):
 def test_process_and_local_give_the_same_generation(proc, local):
     ours, theirs = proc.generate(tiny_request()), local.generate(tiny_request())
     assert ours.images.dtype == np.uint8 and ours.images.shape == (2, 8, 8, 1)
-    np.testing.assert_array_equal(ours.images, theirs.images)
-    np.testing.assert_array_equal(ours.denoised, theirs.denoised)
+    assert np.abs(ours.images.astype(int) - theirs.images).max() <= 1
+    np.testing.assert_allclose(ours.denoised, theirs.denoised, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(ours.sigmas, theirs.sigmas)
     assert set(ours.trajectory) == {"mid", "dec_8x8"}
     for layer in ours.trajectory:
-        np.testing.assert_array_equal(ours.trajectory[layer], theirs.trajectory[layer])
+        np.testing.assert_allclose(ours.trajectory[layer], theirs.trajectory[layer], rtol=1e-4, atol=1e-5)
     assert ours.params == theirs.params
     other_seed = proc.generate(tiny_request(seed=12))
     assert not np.array_equal(other_seed.images, ours.images)
@@ -70,7 +71,7 @@ def test_extract_layer_and_shapes_round_trip(proc, local):
     assert ours["enc_8x8"].shape == (10, 512) and ours["mid"].shape == (10, 256)
     for layer in request.layers:
         assert ours[layer].dtype == np.float32
-        np.testing.assert_array_equal(ours[layer], theirs[layer])
+        np.testing.assert_allclose(ours[layer], theirs[layer], rtol=1e-4, atol=1e-5)
     assert proc.layer_shapes("tiny") == local.layer_shapes("tiny") == {
         "enc_8x8": (8, 8, 8), "enc_4x4": (16, 4, 4), "bottleneck": (16, 4, 4), "mid": (16, 4, 4),
         "dec_4x4": (8, 4, 4), "dec_8x8": (8, 8, 8)}
