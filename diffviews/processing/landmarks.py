@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .quality import k_nearest
 from .umap import UMAPPipeline, interpolate_embedding
 
 __all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "PLACEMENTS", "MapFit", "stratum_ids", "select_landmarks", "fit_map"]
@@ -145,6 +144,7 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     embedding = np.empty((n, pipe.embedding_.shape[1]), dtype=np.float32)
     embedding[rows] = pipe.embedding_
     rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    from .knn import exact_knn  # imports numba: only when placing points
     t0 = time.perf_counter()
     for start in range(0, rest.size, int(batch_size)):
         part = rest[start:start + int(batch_size)]
@@ -152,7 +152,7 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
             embedding[part] = pipe.transform(X[part], batch_size=int(batch_size))
         else:
             k = min(int(pipe.n_neighbors), rows.size)
-            distances, indices = k_nearest(pipe.train_features_, pipe.preprocess(X[part]), k)
+            indices, distances = exact_knn(pipe.train_features_, k, queries=pipe.preprocess(X[part]))
             embedding[part] = interpolate_embedding(distances, indices, pipe.embedding_)
     info = {"method": "landmarks", "n_landmarks": int(rows.size), "threshold": int(threshold), "seed": int(seed),
             "n_strata": int(stratum_ids(strata, n).max() + 1), "placement": place,

@@ -50,8 +50,10 @@ __all__ = ["UMAPPipeline", "EstimatorParams", "KNNProjector", "interpolate_embed
 _MATCH_RTOL = 1e-4
 # Most rows per call to a reducer's transform (umap-learn changes its epochs above 10000).
 _MAX_REDUCER_BATCH = 8192
-#: below this many points a umap-learn fit gets exact neighbours from ``ExactNeighbors``
-EXACT_KNN_MAX_POINTS = 16384
+#: below this many points a umap-learn fit gets exact neighbours from ``knn.exact_knn`` (float32
+#: BLAS on every CPU: ~15 s at 100k points on 2 cores; the cost grows as N², and maps above
+#: ``landmarks.LANDMARK_THRESHOLD`` are fitted on landmarks anyway)
+EXACT_KNN_MAX_POINTS = 300_000
 EXACT_KNN_ENV = "DIFFVIEWS_EXACT_KNN"
 WARMUP_LARGE_ENV = "DIFFVIEWS_WARMUP_LARGE"
 
@@ -217,8 +219,10 @@ class UMAPPipeline(EstimatorParams):
                       metric=self.metric, random_state=self.random_state)
         self.knn_method_ = "umap"
         if exact_knn_wanted(Z.shape[0], backend, self.metric):
-            index = ExactNeighbors(Z)
-            distances, indices = index.kneighbors(Z, n_neighbors)
+            from .knn import exact_knn  # imports numba: only when fitting
+
+            indices, distances = exact_knn(Z, n_neighbors)
+            index = ExactNeighbors(Z)  # answers umap-learn's transform queries
             # int32 / float32, as umap-learn's own search returns them (the same compiled kernels serve both)
             params["precomputed_knn"] = (indices.astype(np.int32), distances.astype(np.float32), index)
             self.knn_method_ = "exact"
