@@ -55,3 +55,19 @@ def test_exact_knn_refuses_bad_input(clustered):
         exact_knn(clustered, 3, queries=np.zeros((2, 5)))
     with pytest.raises(ValueError, match="threads and block_rows"):
         exact_knn(clustered, 3, threads=0)
+
+
+def test_fit_with_exact_neighbours_keeps_neighbourhoods_like_umaps_own_search(clustered, monkeypatch):
+    from diffviews.processing.quality import knn_preservation
+    from diffviews.processing.umap import UMAPPipeline, exact_knn_wanted
+
+    assert exact_knn_wanted(100_000, "umap-learn", "euclidean")  # pynndescent's compile no longer above 16k
+    params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}
+    fast = UMAPPipeline(**params).fit(clustered)
+    assert fast.fit_info() == {"knn": "exact", "deterministic": True}
+    monkeypatch.setenv("DIFFVIEWS_EXACT_KNN", "0")
+    own = UMAPPipeline(**params).fit(clustered)
+    assert own.fit_info()["knn"] == "umap"
+    kept_fast = knn_preservation(clustered, fast.embedding_, k=10, sample=None)
+    kept_own = knn_preservation(clustered, own.embedding_, k=10, sample=None)
+    assert kept_fast > 0.3 and abs(kept_fast - kept_own) <= 0.02
