@@ -27,7 +27,6 @@ def main() -> None:
     p.add_argument("--points", type=int, default=100000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--landmarks", action="store_true", help="fit_map with its defaults (landmarks above its threshold)")
-    p.add_argument("--refine", type=int, default=0, help="with --landmarks: fit_map(refine_epochs=...)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     X, cls, lvl = clustered(args.points, args.dim, 10, 5)
@@ -38,7 +37,7 @@ def main() -> None:
     if args.landmarks:
         from diffviews.processing.landmarks import fit_map
 
-        fit = fit_map(X, strata=(cls, lvl), refine_epochs=args.refine, **PARAMS)
+        fit = fit_map(X, strata=(cls, lvl), **PARAMS)
         embedding, info = fit.embedding, fit.info
     else:
         pipe = UMAPPipeline(**PARAMS).fit(X)

@@ -235,22 +235,6 @@ def small_activations():
     return (centres[labels] + rng.normal(size=(300, 24))).astype(np.float32), labels
 
 
-def test_refined_landmark_map_keeps_neighbourhoods_better_and_says_so(small_activations):
-    X, labels = small_activations
-    X = X[:, :8] + np.random.default_rng(1).normal(scale=0.5, size=(300, 8)).astype(np.float32)  # local structure
-    params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}
-    placed = fit_map(X, strata=labels, threshold=200, n_landmarks=60, **params)
-    refined = fit_map(X, strata=labels, threshold=200, n_landmarks=60, refine_epochs=60, **params)
-    assert refined.info["refine_epochs"] == 60 and refined.info["refine_seconds"] >= 0
-    assert "refine_epochs" not in placed.info and refined.embedding.shape == (300, 2)
-    kept = [knn_preservation(X, fit.embedding, k=10, sample=None) for fit in (placed, refined)]
-    assert kept[1] > kept[0] + 0.05
-    again = fit_map(X, strata=labels, threshold=200, n_landmarks=60, refine_epochs=60, **params)
-    np.testing.assert_array_equal(again.embedding, refined.embedding)  # seeded: the same map
-    with pytest.raises(ValueError, match="refine_epochs must be >= 0"):
-        fit_map(X, threshold=200, n_landmarks=60, refine_epochs=-1)
-
-
 def test_landmark_fit_places_every_point_and_says_how(small_activations):
     X, labels = small_activations
     params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}

@@ -21,15 +21,13 @@ threaded exact search, of the placed points against the landmarks.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from .umap import EXACT_KNN_MAX_POINTS, UMAPPipeline, interpolate_embedding
+from .umap import UMAPPipeline, interpolate_embedding
 
-__all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "PLACEMENTS", "MapFit", "stratum_ids", "select_landmarks", "fit_map",
-           "refine_map"]
+__all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "PLACEMENTS", "MapFit", "stratum_ids", "select_landmarks", "fit_map"]
 
 #: maps with more points than this are fitted on landmarks. Measured on this 2-core CPU (64-D
 #: clustered synthetic data, scripts/time_full_fit.py): the full fit of 100k points takes 50 s
@@ -116,20 +114,16 @@ def select_landmarks(n_points: int, n_landmarks: int, strata=None, seed: int = 0
 
 
 def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: int = N_LANDMARKS, seed: int = 0,
-            batch_size: int = _PLACE_BATCH, place: str = "knn", refine_epochs: int = 0,
-            **pipeline_params) -> MapFit:
+            batch_size: int = _PLACE_BATCH, place: str = "knn", **pipeline_params) -> MapFit:
     """The map of all rows of ``X`` (N, D): a ``UMAPPipeline(**pipeline_params)`` fitted on all of
     them when N <= ``threshold``, otherwise on ``n_landmarks`` stratified landmarks
     (``select_landmarks(N, n_landmarks, strata, seed)``) with the other rows placed by k-NN
     interpolation of the landmarks' positions (``place="transform"``: by the pipeline's UMAP
-    ``transform``), ``batch_size`` rows at a time. ``refine_epochs`` > 0 then runs that many
-    epochs of UMAP's layout over the neighbour graph of all rows, starting from the placed map
-    (``refine_map``).
+    ``transform``), ``batch_size`` rows at a time.
 
     ``info`` is ``{"method": "full", "knn", "deterministic"}`` (``UMAPPipeline.fit_info``) or
     ``{"method": "landmarks", "n_landmarks", "threshold", "seed", "n_strata", "placement", "knn",
-    "deterministic", "fit_seconds", "place_seconds"}`` (with ``refine_epochs`` > 0 also
-    ``"refine_epochs", "refine_seconds"``).
+    "deterministic", "fit_seconds", "place_seconds"}``.
     """
     if place not in PLACEMENTS:
         raise ValueError(f"unknown placement {place!r}; choose one of {', '.join(PLACEMENTS)}")
@@ -142,8 +136,6 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
         raise ValueError(f"n_landmarks ({n_landmarks}) must not exceed threshold ({threshold})")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if int(refine_epochs) < 0:
-        raise ValueError(f"refine_epochs must be >= 0, got {refine_epochs}")
     n = X.shape[0]
     if n <= int(threshold):
         pipe = UMAPPipeline(**pipeline_params).fit(X)
@@ -169,37 +161,5 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
             "n_strata": int(stratum_ids(strata, n).max() + 1), "placement": place,
             **pipe.fit_info(), "fit_seconds": round(fit_seconds, 3),
             "place_seconds": round(time.perf_counter() - t0, 3)}
-    if int(refine_epochs):
-        t0 = time.perf_counter()
-        embedding = refine_map(pipe, X, embedding, int(refine_epochs))
-        info.update(refine_epochs=int(refine_epochs), refine_seconds=round(time.perf_counter() - t0, 3))
     return MapFit(embedding, pipe, info)
 
-
-def refine_map(pipe: UMAPPipeline, X, embedding: np.ndarray, epochs: int, batch: int = 65536) -> np.ndarray:
-    """``embedding`` (N, c) of all rows of ``X`` after ``epochs`` epochs of umap-learn's layout over
-    their neighbour graph in ``pipe``'s feature space (exact below ``EXACT_KNN_MAX_POINTS`` rows,
-    else by umap-learn's nearest-neighbour descent seeded with ``pipe.random_state``), starting
-    from ``embedding``. Rescaled into umap-learn's 0-10 box."""
-    from umap.umap_ import nearest_neighbors
-
-    from .umap_backend import UMAP_LEARN, make_umap, to_numpy
-
-    n = X.shape[0]
-    features = np.empty((n, pipe.train_features_.shape[1]), dtype=np.float32)
-    for start in range(0, n, batch):
-        features[start:start + batch] = pipe.preprocess(np.asarray(X[start:start + batch]))
-    k = int(min(pipe.n_neighbors, n - 1))
-    if n < EXACT_KNN_MAX_POINTS:
-        from .knn import exact_knn
-
-        indices, distances = exact_knn(features, k)
-    else:
-        seed = np.random.RandomState(pipe.random_state)
-        indices, distances, _ = nearest_neighbors(features, k, "euclidean", {}, False, seed, low_memory=True)
-    reducer = make_umap(UMAP_LEARN, n_components=embedding.shape[1], n_neighbors=k, min_dist=float(pipe.min_dist),
-                        random_state=pipe.random_state, n_epochs=int(epochs), init=np.asarray(embedding, np.float64),
-                        precomputed_knn=(indices, distances, None))
-    with warnings.catch_warnings():  # umap-learn: no search index, so no transform (this map never needs one)
-        warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
-        return to_numpy(reducer.fit_transform(features))
