@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=100000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--landmarks", action="store_true", help="fit_map with its defaults (landmarks above its threshold)")
+    p.add_argument("--n-landmarks", type=int, default=None, help="with --landmarks: fit_map(n_landmarks=...)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     X, cls, lvl = clustered(args.points, args.dim, 10, 5)
@@ -37,7 +38,8 @@ def main() -> None:
     if args.landmarks:
         from diffviews.processing.landmarks import fit_map
 
-        fit = fit_map(X, strata=(cls, lvl), **PARAMS)
+        fit = fit_map(X, strata=(cls, lvl), **({} if args.n_landmarks is None else {"n_landmarks": args.n_landmarks}),
+                      **PARAMS)
         embedding, info = fit.embedding, fit.info
     else:
         pipe = UMAPPipeline(**PARAMS).fit(X)

@@ -57,11 +57,16 @@ def _smallest(d2, m, out_i):
 
 
 def default_threads() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may run on, at most ``$OMP_NUM_THREADS`` when that is set (the limit
+    BLAS keeps too)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) > 0:
+        cpus = min(cpus, int(limit))
+    return max(1, cpus)
 
 
 def exact_knn(Z, k: int, queries=None, threads: int | None = None,
