@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-__all__ = ["SLACK", "exact_knn", "default_threads"]
+__all__ = ["SLACK", "BLOCK_BYTES", "exact_knn", "default_threads"]
 
 #: extra float32 candidates per row whose distances are recomputed in float64
 SLACK = 8
-_BLOCK_ROWS = 1024
+#: memory for one block of squared distances (float32), per thread: 64 MiB, 167 query rows at 100k points
+BLOCK_BYTES = 64 << 20
 
 
 @numba.njit(nogil=True, cache=True)
@@ -70,13 +71,14 @@ def default_threads() -> int:
 
 
 def exact_knn(Z, k: int, queries=None, threads: int | None = None,
-              block_rows: int = _BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+              block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``Z`` (N, p) to each of its rows (Euclidean, the row itself
     included at distance 0), or to each row of ``queries`` (M, p); nearest first, ties by row.
 
     Returns ``(indices (M, k) int64, distances (M, k) float64)``, the same as
     ``umap_backend.ExactNeighbors(Z).kneighbors(queries or Z, k)``, for any ``threads``
-    (default: every CPU this process may use)."""
+    (default: ``default_threads()``) and ``block_rows`` (query rows per block; default: as
+    many as fit ``BLOCK_BYTES`` of distances, 16 to 1024)."""
     from threadpoolctl import threadpool_limits
 
     data = np.ascontiguousarray(np.asarray(Z, dtype=np.float32))
@@ -86,6 +88,8 @@ def exact_knn(Z, k: int, queries=None, threads: int | None = None,
     if not 1 <= int(k) <= n:
         raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
     threads = default_threads() if threads is None else int(threads)
+    if block_rows is None:
+        block_rows = max(16, min(1024, BLOCK_BYTES // (4 * n)))
     if threads < 1 or int(block_rows) < 1:
         raise ValueError(f"threads and block_rows must be >= 1, got {threads} and {block_rows}")
     k, block_rows = int(k), int(block_rows)
