@@ -37,7 +37,11 @@ def test_quick_bench_has_every_key(quick_run):
     fit = results["map_fit"]
     assert fit["n_points"] == 180 and fit["baseline_cold_s"] > 0 and fit["ours_cold_s"] > 0
     assert 0 < fit["ours_knn_preservation"] <= 1 and fit["ours_deterministic"] is True
-    assert results["layer_switch"]["layer"] != results["layer_switch"]["from_layer"]
+    switch = results["layer_switch"]
+    assert switch["layer"] != switch["from_layer"]
+    assert switch["plain_cold_s"] > 0
+    assert switch["speedup_vs_plain"] == pytest.approx(switch["plain_cold_s"] / switch["miss_s"], abs=0.01)
+    assert 0 <= switch["miss_knn_preservation"] <= 1 and 0 <= switch["plain_knn_preservation"] <= 1
     assert len(results["memory"]["rss_after_cycle_mib"]) == 2 and results["memory"]["loads"]
     assert results["scale"]["10000"]["points"] == 10_000 and results["scale"]["10000"]["payload_bytes"] > 0
     assert results["generation"]["steps"] == 10 and results["generation"]["projection_method"] == "reducer"

@@ -45,7 +45,8 @@ def test_a_landmark_map_is_recorded_reloaded_without_refit_and_described(paths):
 def test_full_maps_say_so(paths):
     acts = np.asarray(load_activations(paths, "mid"))
     estimator, extra = fit_here()(acts)
-    assert extra["map"] == {"method": "full"} and estimator.embedding_.shape == (acts.shape[0], 2)
+    assert extra["map"] == {"method": "full", "knn": "exact", "deterministic": True}
+    assert estimator.embedding_.shape == (acts.shape[0], 2)
 
 
 def test_extraction_streams_into_a_memory_mapped_file(paths):
@@ -64,7 +65,7 @@ def test_extraction_streams_into_a_memory_mapped_file(paths):
     assert not before.built and seen == ["mid"]
     np.testing.assert_array_equal(load_activations(paths, "mid"), want)
     assert not list(paths.activations_dir.glob(".*stream*"))  # the temporary file is gone
-    assert load_embedding(paths, "mid")[1]["map"] == {"method": "full"}
+    assert load_embedding(paths, "mid")[1]["map"]["method"] == "full"
 
 
 def test_extract_activations_writes_into_given_arrays(paths):

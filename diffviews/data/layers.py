@@ -193,7 +193,8 @@ def delete_maps(paths: ModelPaths, layer: str) -> None:
 def fit_here(umap_params: dict | None = None, **map_options) -> Fit:
     """The default ``fit``: ``processing.landmarks.fit_map`` in this process (all points up to its
     threshold, landmarks above; ``map_options`` go to it). How the map was made is recorded
-    under "map" in the map's JSON (``{"method": "full"}`` or the landmark details)."""
+    under "map" in the map's JSON (``{"method": "full", "knn": ..., "deterministic": ...}`` or the
+    landmark details)."""
     def fit(acts: np.ndarray):
         result = fit_map(acts, n_components=2, **map_options, **(umap_params or {}))
         pipe = result.pipeline if result.info["method"] == "full" else whole_map_pipeline(result, acts)

@@ -11,10 +11,11 @@ in a JSON-ready dict for the map's metadata:
     result.embedding    # (N, 2) float32: the whole map
     result.pipeline     # the fitted UMAPPipeline (projects trajectories onto the same map)
     result.info         # {"method": "landmarks", "n_landmarks": 10000, "threshold": 250000, ...}
-                        # or {"method": "full"}
+                        # or {"method": "full", "knn": "exact", "deterministic": True}
 
-The landmark count stays below ``umap.EXACT_KNN_MAX_POINTS`` (16384), so the landmark fit gets
-exact BLAS neighbours and never pays pynndescent's per-process compilation.
+The landmark fit gets exact neighbours (``knn.exact_knn``, below ``umap.EXACT_KNN_MAX_POINTS``)
+and never pays pynndescent's per-process compilation; the k-NN placement uses the same
+threaded exact search, of the placed points against the landmarks.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .quality import k_nearest
 from .umap import UMAPPipeline, interpolate_embedding
 
 __all__ = ["LANDMARK_THRESHOLD", "N_LANDMARKS", "PLACEMENTS", "MapFit", "stratum_ids", "select_landmarks", "fit_map"]
 
-#: maps with more points than this are fitted on landmarks. Measured on this 2-core CPU (one
-#: thread, 64-D clustered synthetic data, scripts/measure_landmarks.py): the full fit of 100k
-#: points takes 42-73 s with 15-NN preservation 0.70, landmarks (10k) 27 s with 0.32, so below
-#: a few hundred thousand points the full fit is both affordable and far more faithful.
+#: maps with more points than this are fitted on landmarks. Measured on this 2-core CPU (64-D
+#: clustered synthetic data, scripts/time_full_fit.py): the full fit of 100k points takes 50 s
+#: (exact neighbours; 64 s with pynndescent) with 15-NN preservation 0.69, landmarks (10k)
+#: 27 s with 0.32, so below a few hundred thousand points the full fit is both affordable and
+#: far more faithful.
 LANDMARK_THRESHOLD = 250_000
 #: landmarks a large map is fitted on
 N_LANDMARKS = 10000
@@ -120,8 +121,9 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     interpolation of the landmarks' positions (``place="transform"``: by the pipeline's UMAP
     ``transform``), ``batch_size`` rows at a time.
 
-    ``info`` is ``{"method": "full"}`` or ``{"method": "landmarks", "n_landmarks", "threshold",
-    "seed", "n_strata", "placement", "fit_seconds", "place_seconds"}``.
+    ``info`` is ``{"method": "full", "knn", "deterministic"}`` (``UMAPPipeline.fit_info``) or
+    ``{"method": "landmarks", "n_landmarks", "threshold", "seed", "n_strata", "placement", "knn",
+    "deterministic", "fit_seconds", "place_seconds"}``.
     """
     if place not in PLACEMENTS:
         raise ValueError(f"unknown placement {place!r}; choose one of {', '.join(PLACEMENTS)}")
@@ -137,7 +139,7 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     n = X.shape[0]
     if n <= int(threshold):
         pipe = UMAPPipeline(**pipeline_params).fit(X)
-        return MapFit(pipe.embedding_, pipe, {"method": "full"})
+        return MapFit(pipe.embedding_, pipe, {"method": "full", **pipe.fit_info()})
     rows = select_landmarks(n, n_landmarks, strata, seed)
     t0 = time.perf_counter()
     pipe = UMAPPipeline(**pipeline_params).fit(X[rows])
@@ -145,6 +147,7 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     embedding = np.empty((n, pipe.embedding_.shape[1]), dtype=np.float32)
     embedding[rows] = pipe.embedding_
     rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    from .knn import exact_knn  # imports numba: only when placing points
     t0 = time.perf_counter()
     for start in range(0, rest.size, int(batch_size)):
         part = rest[start:start + int(batch_size)]
@@ -152,10 +155,11 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
             embedding[part] = pipe.transform(X[part], batch_size=int(batch_size))
         else:
             k = min(int(pipe.n_neighbors), rows.size)
-            distances, indices = k_nearest(pipe.train_features_, pipe.preprocess(X[part]), k)
+            indices, distances = exact_knn(pipe.train_features_, k, queries=pipe.preprocess(X[part]))
             embedding[part] = interpolate_embedding(distances, indices, pipe.embedding_)
     info = {"method": "landmarks", "n_landmarks": int(rows.size), "threshold": int(threshold), "seed": int(seed),
             "n_strata": int(stratum_ids(strata, n).max() + 1), "placement": place,
-            "fit_seconds": round(fit_seconds, 3),
+            **pipe.fit_info(), "fit_seconds": round(fit_seconds, 3),
             "place_seconds": round(time.perf_counter() - t0, 3)}
     return MapFit(embedding, pipe, info)
+

@@ -12,10 +12,15 @@ Speed on the CPU (umap-learn), without changing what the map is:
 - Below 4096 points umap-learn finds each point's exact neighbours through a pairwise loop
   that calls a compiled distance once per pair from Python (~17 s at 4000 points); above,
   it searches approximately with pynndescent, whose numba code compiles for 20-40 s in
-  every process (it cannot be cached). Below ``EXACT_KNN_MAX_POINTS`` (16384) the pipeline
-  hands umap-learn exact neighbours from BLAS instead (``ExactNeighbors``: 0.5 s at 4000
-  points) as ``precomputed_knn``, with an index that keeps ``transform`` working.
-  ``DIFFVIEWS_EXACT_KNN=0`` turns this off.
+  every process (it cannot be cached). Below ``EXACT_KNN_MAX_POINTS`` (300k) the pipeline
+  hands umap-learn exact neighbours instead (``knn.exact_knn``: float32 BLAS on every CPU,
+  0.15 s at 4000 points, 15 s at 100k on 2 cores) as ``precomputed_knn``, with an index
+  (``ExactNeighbors``) that keeps ``transform`` working. ``DIFFVIEWS_EXACT_KNN=0`` turns
+  this off. At 100k points (64-D) the whole fit takes 50 s instead of 64 s; the rest is
+  umap-learn's layout (~30 s of SGD for its 200 epochs, ~8 s graph and spectral init).
+- The layout stays serial and seeded (``fit_info()["deterministic"]``): umap-learn's
+  parallel SGD (``random_state=None``, 2 threads) was no faster on this 2-core machine
+  (38.0 s vs 38.7 s at 100k, 3.56 s vs 3.57 s at 4000) and gives a different map every run.
 - The rest of umap-learn's numba code is kept on disk once compiled
   (``umap_backend.enable_jit_cache``), so only the first process on a machine compiles it;
   ``warmup()`` loads (or compiles) it in a background thread at start-up.
@@ -50,8 +55,10 @@ __all__ = ["UMAPPipeline", "EstimatorParams", "KNNProjector", "interpolate_embed
 _MATCH_RTOL = 1e-4
 # Most rows per call to a reducer's transform (umap-learn changes its epochs above 10000).
 _MAX_REDUCER_BATCH = 8192
-#: below this many points a umap-learn fit gets exact neighbours from ``ExactNeighbors``
-EXACT_KNN_MAX_POINTS = 16384
+#: below this many points a umap-learn fit gets exact neighbours from ``knn.exact_knn`` (float32
+#: BLAS on every CPU: ~15 s at 100k points on 2 cores; the cost grows as N², and maps above
+#: ``landmarks.LANDMARK_THRESHOLD`` are fitted on landmarks anyway)
+EXACT_KNN_MAX_POINTS = 300_000
 EXACT_KNN_ENV = "DIFFVIEWS_EXACT_KNN"
 WARMUP_LARGE_ENV = "DIFFVIEWS_WARMUP_LARGE"
 
@@ -183,7 +190,8 @@ class UMAPPipeline(EstimatorParams):
     UMAP model; None when rebuilt from the saved map), ``train_features_`` (N, p) float32
     (training rows after scaling and PCA), ``embedding_`` (N, n_components) float32,
     ``backend_`` ("cuml" or "umap-learn"), ``n_features_in_``, ``fit_seconds_``, ``knn_method_``
-    ("exact": neighbours from ``ExactNeighbors``; "umap": found by the UMAP library itself).
+    ("exact": neighbours from ``knn.exact_knn``; "umap": found by the UMAP library itself),
+    ``deterministic_`` (seeded umap-learn: its layout runs on one thread; see ``fit_info``).
     After ``transform``: ``transform_method_`` is "reducer" (UMAP's own transform) or "knn"
     (inverse-distance-weighted k-NN interpolation of ``embedding_`` in the PCA space).
     """
@@ -217,8 +225,10 @@ class UMAPPipeline(EstimatorParams):
                       metric=self.metric, random_state=self.random_state)
         self.knn_method_ = "umap"
         if exact_knn_wanted(Z.shape[0], backend, self.metric):
-            index = ExactNeighbors(Z)
-            distances, indices = index.kneighbors(Z, n_neighbors)
+            from .knn import exact_knn  # imports numba: only when fitting
+
+            indices, distances = exact_knn(Z, n_neighbors)
+            index = ExactNeighbors(Z)  # answers umap-learn's transform queries
             # int32 / float32, as umap-learn's own search returns them (the same compiled kernels serve both)
             params["precomputed_knn"] = (indices.astype(np.int32), distances.astype(np.float32), index)
             self.knn_method_ = "exact"
@@ -229,8 +239,18 @@ class UMAPPipeline(EstimatorParams):
             self.embedding_ = to_numpy(reducer.fit_transform(Z))
         self.reducer_ = reducer
         self.backend_ = backend
+        # umap-learn lays out serially, and so reproducibly, when seeded; cuML's GPU layout is not bit-exact
+        self.deterministic_ = backend == UMAP_LEARN and self.random_state is not None
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def fit_info(self) -> dict:
+        """How this map was made, JSON-ready: ``{"knn": "exact" | "umap", "deterministic": bool}``
+        ("exact": neighbours from ``knn.exact_knn``; "umap": found by the UMAP library;
+        deterministic: the same activations and parameters give the same map, bit for bit)."""
+        self._check_fitted()
+        return {"knn": getattr(self, "knn_method_", "umap"),
+                "deterministic": bool(getattr(self, "deterministic_", False))}
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         return self.fit(X).embedding_
