@@ -121,6 +121,10 @@ def _main_rows(r: dict) -> list[tuple[str, str]]:
              f"{_s(sw['miss_s'])} (extract {_s(sw['miss_extract_s'])}, fit {_s(sw['miss_fit_s'])})"),
             ("Layer switch, cache hit: on disk / in memory", f"{_s(sw['hit_s'], 3)} / {_s(sw['hit_memory_s'], 3)}"),
         ]
+        if sw.get("plain_cold_s") is not None:
+            rows.append(("… the plain cold pipeline on the missed layer (fresh process, fit only); 15-NN kept "
+                         "plain / miss", f"{_s(sw['plain_cold_s'])}{_ratio(sw['plain_cold_s'], sw['miss_s'])}; "
+                         f"{sw.get('plain_knn_preservation')} / {sw.get('miss_knn_preservation')}"))
     else:
         rows.append(("Layer switch", _problem(r, "layer_switch")))
     if _problem(r, "callbacks") is None:
