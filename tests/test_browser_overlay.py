@@ -99,7 +99,8 @@ def test_click_and_knn_leave_the_points_alone(page):
     same = page.evaluate(f"""() => {{
       const gd = document.querySelector('{PLOT}');
       const base = gd._fullData.filter(t => t.meta === 'pts');
-      return {{afterplots: window.__afterplots, probe: gd.data.filter(t => t.meta === 'pts').every(t => t.__probe === 1),
+      const probe = gd.data.filter(t => t.meta === 'pts').every(t => t.__probe === 1);
+      return {{afterplots: window.__afterplots, probe,
                full: base.length === window.__fullBase.length && base.every((t, k) => t === window.__fullBase[k])}};
     }}""")
     assert same == {"afterplots": 0, "probe": True, "full": True}, same
