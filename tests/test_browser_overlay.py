@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_browser import click, isolated_points, open_app, set_number, traces, wait_ring, wait_state
+from tests.test_browser_scale import screen_xy
 
 pytestmark = pytest.mark.browser
 
@@ -28,18 +29,6 @@ RED_CENTRE_JS = """() => {
   return n ? {x: box.left + (cx / n + 0.5) * sx, y: box.top + (cy / n + 0.5) * sy, n} : null;
 }"""
 
-# point ``i``'s screen position, from the plot's own axes and drag area
-POINT_XY_JS = """(i) => {
-  const gd = document.querySelector('PLOT');
-  const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  for (const t of gd._fullData) {
-    if (t.meta !== 'pts') continue;
-    const k = Array.prototype.indexOf.call(t.customdata, i);
-    if (k >= 0) return [r.left + gd._fullLayout.xaxis.l2p(t.x[k]), r.top + gd._fullLayout.yaxis.l2p(t.y[k])];
-  }
-  return null;
-}""".replace("PLOT", PLOT)
-
 
 @pytest.fixture
 def page(browser, running_app):
@@ -49,7 +38,7 @@ def page(browser, running_app):
 
 
 def ring_offset(page, index: int) -> float:
-    red, (x, y) = page.evaluate(RED_CENTRE_JS), page.evaluate(POINT_XY_JS, index)
+    red, (x, y) = page.evaluate(RED_CENTRE_JS), screen_xy(page, index)
     assert red is not None and red["n"] > 10, "no red ring painted"
     return max(abs(red["x"] - x), abs(red["y"] - y))
 
@@ -71,7 +60,7 @@ def test_ring_stays_on_its_point_through_a_zoom(page):
                            arg=ranges)
     page.wait_for_timeout(300)
     assert ring_offset(page, index) < 1.5  # repainted where the point now is
-    after = page.evaluate(POINT_XY_JS, index)
+    after = screen_xy(page, index)
     assert abs(after[0] - x) > 5 or abs(after[1] - y) > 5, "the zoom did not move the point"
     # and back (double click: autorange)
     page.evaluate(f"() => window.Plotly.relayout(document.querySelector('{PLOT}'), "
