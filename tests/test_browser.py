@@ -43,10 +43,11 @@ POINTS_JS = """() => {
   return {points: out, box: [r.left, r.top, r.right, r.bottom]};
 }"""
 
-# every trace as drawn: name, meta, mode, marker symbol, number of points, customdata
+# every trace as drawn, Plotly's and the marks painted on the canvas over a 2-D map (rings, the
+# frame marker): name, meta, mode, marker symbol, number of points, customdata
 TRACES_JS = """() => {
   const gd = document.querySelector('#umap-plot .js-plotly-plot');
-  return {title: gd._fullLayout.title.text, traces: gd._fullData.map(t => ({
+  return {title: gd._fullLayout.title.text, traces: gd._fullData.concat(gd.__dvMarkTraces || []).map(t => ({
     name: t.name, meta: t.meta, mode: t.mode, symbol: t.marker ? t.marker.symbol : null, n: t.x.length,
     x: Array.from(t.x).slice(0, 8), customdata: t.meta === 'pts' ? [] : Array.from(t.customdata || [])}))};
 }"""

@@ -36,7 +36,7 @@ DRAWN_JS = """() => {
   const gd = document.querySelector('#umap-plot .js-plotly-plot');
   const rings = {}, traj = [];
   let points = 0;
-  for (const t of gd._fullData) {
+  for (const t of gd._fullData.concat(gd.__dvMarkTraces || [])) {  // Plotly's traces and the painted marks
     if (t.meta === 'pts') points += t.x.length;
     else if (t.meta === 'ring') rings[t.name] = Array.from(t.customdata);
     else if (typeof t.meta === 'string' && t.meta.startsWith('traj:')) traj.push(t.meta);

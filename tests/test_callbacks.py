@@ -22,6 +22,7 @@ from diffviews.data.activations import activations_valid, load_activations
 from diffviews.data.layout import model_paths
 from diffviews.visualization import callbacks as cb
 from diffviews.visualization import gpu_ops
+from diffviews.visualization.figures import is_mark
 from diffviews.visualization.visualizer import GradioVisualizer
 
 SECOND = "digits-b"  # a copy of the tiny digits folder under another name: a second model
@@ -49,13 +50,17 @@ def state(vis):
 
 def fig_of(out) -> dict:
     """What the plot shows after ``out``: the full figure when the handler redrew the base (its
-    overlays equal the overlay message's), else the overlay message's traces."""
+    Plotly overlays are the overlay message's traces but the marks, which the page paints from
+    the message), with the marks added; else the overlay message's traces."""
     overlay = json.loads(out["overlay"])
     if "plot" not in out:
         return {"data": overlay["traces"]}
     fig = json.loads(out["plot"].json)
-    assert [t for t in fig["data"] if t.get("meta") != "pts"] == overlay["traces"]
-    assert fig["layout"]["meta"] == {"base": overlay["base"], "overlay": overlay["id"]}
+    view = "2-D" if "xaxis" in fig["layout"] else "3-D"
+    plotted = [t for t in overlay["traces"] if not is_mark(t, view)]
+    assert [t for t in fig["data"] if t.get("meta") != "pts"] == plotted
+    assert fig["layout"]["meta"] == {"base": overlay["base"], "overlay": overlay["id"], "plotted": overlay["plotted"]}
+    fig["data"] += [t for t in overlay["traces"] if is_mark(t, view)]
     return fig
 
 

@@ -66,8 +66,7 @@ def with_b(vis):
 
 
 def test_set_b_is_drawn_apart_from_set_a(vis, with_b):
-    fig = json.loads(cb.figure(vis, with_b).json)
-    rings = {t["name"]: t for t in fig["data"] if t.get("meta") == "ring"}
+    rings = {t["name"]: t for t in json.loads(cb.overlay(vis, with_b))["traces"] if t.get("meta") == "ring"}
     assert rings["set B"]["customdata"] == list(with_b.set_b)
     assert rings["set B"]["marker"]["symbol"] == "square-open"
     assert rings["set B"]["marker"]["color"] != rings["knn"]["marker"]["color"]

@@ -7,7 +7,8 @@ visible result:
 
 - ``page``: page open → the plot drawn with every point (fresh browser context each time);
 - ``hover``: mouse moved onto a point → its preview text shown;
-- ``click``: mouse released on a point → its red selection ring drawn;
+- ``click``: mouse released on a point → its red selection ring drawn (painted on the map's
+  mark canvas, or in a checkout without one, drawn by Plotly);
 - ``knn``: "Suggest KNN" clicked → the lime KNN rings drawn;
 - ``lasso``: a box selection released → the cyan neighbour rings drawn.
 
@@ -81,9 +82,12 @@ DRAWN_JS = """(n) => {
   return total === n && !!gd.querySelector('canvas');
 }""".replace("PLOT", PLOT)
 
-# the customdata of the ring trace named `name` as a string ('' when none)
+# the points ringed as `name` as a string ('' when none): painted on the mark canvas (gd.__dvMarks,
+# set when the canvas is painted) or, in a checkout without it, drawn as a Plotly ring trace
 RING_JS = """(name) => {
   const gd = document.querySelector('PLOT');
+  const marks = gd && gd.__dvMarks;
+  if (marks && marks[name]) return marks[name].join(',');
   const t = gd && gd._fullData ? gd._fullData.find(t => t.meta === 'ring' && t.name === name) : null;
   return t ? Array.from(t.customdata || []).join(',') : '';
 }""".replace("PLOT", PLOT)

@@ -62,8 +62,10 @@ QUEUE_SIZE = 64
 CACHE_CLEANUP = (60, 600)
 #: a session idle this long is forgotten (its generations and exports freed), even without a closed tab
 SESSION_TTL_S = 3600
-#: what every host passes to ``launch`` / ``mount_gradio_app``: no useful upload (the app takes none)
-SERVE_OPTIONS = {"max_file_size": 1024 * 1024}
+#: what every host passes to ``launch`` / ``mount_gradio_app``: no useful upload (the app takes none), and no
+#: browser run history (Gradio 6 rewrites every public event's inputs and outputs, the plot's figure included,
+#: into localStorage at each event's start and end: 0.1-0.7 s of the page's main thread per click at 100k points)
+SERVE_OPTIONS = {"max_file_size": 1024 * 1024, "run_history": False}
 #: api_name -> the names of its outputs, in the order a client receives them (the state is not among them)
 ENDPOINT_OUTPUTS = {name: spec[4] for name, spec in EVENTS.items()}
 ENDPOINT_OUTPUTS.update(hover=["preview_image", "preview_info"], prev_frame=FRAME, next_frame=FRAME)

@@ -15,15 +15,19 @@ div, checked on DOM mutations and on a short interval).
 
 Overlays: the ``gr.Plot`` value (all points) changes only when the base changes (model,
 layer, view, class filter). Every handler also sets the hidden ``overlay`` textbox to the
-overlay message (``figures.overlay_payload``); its ``change`` event runs ``OVERLAY_JS`` in
-the browser, which swaps the plot's overlay traces (every trace whose meta is not "pts")
-for the message's, keeping the base trace objects, so plotly never re-reads the points.
-A message for another base than the one drawn waits: the full figure on its way carries the
-same overlays (``layout.meta.overlay`` names them), and a redraw that lost them (plotly_afterplot)
-gets them back.
+overlay message (``figures.overlay_payload``); its ``change`` event runs ``OVERLAY_JS``
+(``overlay.js``) in the browser. On a 2-D map it paints the rings and the frame marker on a
+canvas over the plot area (``pointer-events: none``, so clicks and box/lasso reach the points
+under them), repainted from the axes on every zoom, pan, redraw and resize; the other overlay
+traces (trajectories) are swapped with ``Plotly.react`` on the base trace objects, and only
+when they changed, so a click never makes Plotly touch the points. A message for another base
+than the one drawn waits: the full figure on its way carries the same Plotly overlays
+(``layout.meta.plotted`` names them), and a redraw (plotly_afterplot) applies it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
@@ -92,40 +96,8 @@ new MutationObserver(attach).observe(document.body, {childList: true, subtree: t
 setInterval(attach, 500);
 """
 
-OVERLAY_JS = r"""
-(text) => {
-  const w = window;
-  if (text) {
-    try { w.__dvOverlay = JSON.parse(text); } catch (err) { return; }
-  }
-  function apply() {
-    const msg = w.__dvOverlay;
-    const gd = document.querySelector('#umap-plot .js-plotly-plot');
-    if (!msg || !gd || !w.Plotly || !gd.layout || !Array.isArray(gd.data)) return false;
-    if (!gd.__dvWatch) {
-      gd.__dvWatch = true;
-      gd.on('plotly_afterplot', () => setTimeout(apply, 0));
-    }
-    const meta = gd.layout.meta || {};
-    if (meta.base !== msg.base || meta.overlay === msg.id || gd.__dvBusy) return true;
-    gd.__dvBusy = true;
-    const base = gd.data.filter(t => t.meta === 'pts');
-    const layout = Object.assign({}, gd.layout, {meta: {base: msg.base, overlay: msg.id}});
-    layout.title = Object.assign({}, gd.layout.title || {}, {text: msg.title});
-    const t0 = performance.now();
-    const done = () => { gd.__dvBusy = false; setTimeout(apply, 0); };
-    w.Plotly.react(gd, base.concat(msg.traces), layout).then(() => {
-      w.__dvOverlayShown = {id: msg.id, ms: performance.now() - t0};
-      done();
-    }, done);
-    return true;
-  }
-  if (!apply()) {
-    let tries = 0;
-    const timer = setInterval(() => { if (apply() || ++tries > 200) clearInterval(timer); }, 50);
-  }
-}
-"""
+#: runs on every overlay message (the ``overlay`` textbox's change event), in the browser only
+OVERLAY_JS = (Path(__file__).parent / "overlay.js").read_text(encoding="utf-8")
 
 INTRO = ("**DiffViews** · hover the map to preview samples · click to select (red) · tick *Click adds/removes "
          "neighbours* to pick neighbours (cyan), or box/lasso them · *Suggest KNN* (lime) · "

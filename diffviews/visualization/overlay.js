@@ -1,0 +1,126 @@
+(text) => {
+  // Applies an overlay message (figures.overlay_payload) to the map already drawn; see
+  // figures.py. Marks (rings, the frame marker) are painted on a canvas over a 2-D plot area,
+  // so a new selection never makes Plotly redraw the points; the other overlay traces go to
+  // Plotly.react, and only when they changed (msg.plotted vs the drawn layout.meta.plotted).
+  const w = window;
+  if (text) {
+    try { w.__dvOverlay = JSON.parse(text); } catch (err) { return; }
+  }
+  const plot = () => document.querySelector('#umap-plot .js-plotly-plot');
+  // the rule of figures.is_mark
+  const isMark = t => t.meta === 'ring'
+    || (typeof t.meta === 'string' && t.meta.startsWith('traj:') && t.name === 'frame');
+  const flat = gd => !!(gd._fullLayout && gd._fullLayout.xaxis && !gd._fullLayout.scene);
+
+  function marksOf(gd) {
+    const msg = w.__dvOverlay;
+    const meta = (gd.layout && gd.layout.meta) || {};
+    if (!msg || meta.base !== msg.base || !flat(gd)) return [];
+    return msg.traces.filter(isMark);
+  }
+
+  function canvasOf(gd) {
+    let cv = gd.__dvCanvas;
+    const box = gd.querySelector('.svg-container');
+    if (!box) return null;
+    if (!cv || cv.parentNode !== box) {
+      cv = document.createElement('canvas');
+      cv.className = 'dv-marks';
+      cv.style.cssText = 'position:absolute;pointer-events:none;';
+      const layers = box.querySelectorAll(':scope > .main-svg');  // over the points, under the hover labels
+      box.insertBefore(cv, layers.length > 1 ? layers[layers.length - 1] : null);
+      gd.__dvCanvas = cv;
+    }
+    return cv;
+  }
+
+  function symbolPath(ctx, symbol, x, y, r) {
+    if (String(symbol).startsWith('square')) ctx.rect(x - r, y - r, 2 * r, 2 * r);
+    else { ctx.moveTo(x + r, y); ctx.arc(x, y, r, 0, 2 * Math.PI); }
+  }
+
+  // paint the marks at the axes' current ranges; then gd.__dvMarks is {name: point indices} and
+  // gd.__dvMarkTraces the mark traces painted
+  function drawMarks(gd) {
+    const cv = canvasOf(gd);
+    if (!cv) return;
+    cv.style.display = flat(gd) ? '' : 'none';
+    gd.__dvMarks = {};
+    gd.__dvMarkTraces = [];
+    if (!flat(gd)) return;
+    const marks = marksOf(gd);
+    const fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis;
+    const ratio = w.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(xa._length)), height = Math.max(1, Math.round(ya._length));
+    Object.assign(cv.style, {left: xa._offset + 'px', top: ya._offset + 'px', width: width + 'px',
+                             height: height + 'px'});
+    if (cv.width !== Math.round(width * ratio) || cv.height !== Math.round(height * ratio)) {
+      cv.width = Math.round(width * ratio);
+      cv.height = Math.round(height * ratio);
+    }
+    const ctx = cv.getContext('2d');
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    const drawn = {};
+    for (const t of marks) {
+      const m = t.marker || {};
+      const r = (m.size || 10) / 2;
+      ctx.beginPath();
+      for (let i = 0; i < t.x.length; i++) {
+        const px = xa.l2p(t.x[i]), py = ya.l2p(t.y[i]);
+        if (px < -r || py < -r || px > width + r || py > height + r) continue;
+        symbolPath(ctx, m.symbol, px, py, r);
+      }
+      ctx.lineWidth = (m.line && m.line.width) || 2;
+      ctx.strokeStyle = (m.line && m.line.color) || m.color || '#000';
+      ctx.stroke();
+      drawn[t.name] = (drawn[t.name] || []).concat(t.customdata || []);
+    }
+    gd.__dvMarks = drawn;
+    gd.__dvMarkTraces = marks;
+  }
+
+  function watch(gd) {
+    if (gd.__dvWatch) return;
+    gd.__dvWatch = true;
+    const redraw = () => drawMarks(gd);
+    gd.on('plotly_afterplot', () => { redraw(); setTimeout(apply, 0); });
+    gd.on('plotly_relayout', redraw);
+    gd.on('plotly_relayouting', redraw);
+    w.addEventListener('resize', () => requestAnimationFrame(redraw));
+  }
+
+  function apply() {
+    const msg = w.__dvOverlay;
+    const gd = plot();
+    if (!msg || !gd || !w.Plotly || !gd.layout || !Array.isArray(gd.data) || !gd._fullLayout) return false;
+    watch(gd);
+    const meta = gd.layout.meta || {};
+    if (meta.base !== msg.base || gd.__dvBusy) { drawMarks(gd); return true; }
+    if (meta.plotted === msg.plotted) {
+      drawMarks(gd);
+      w.__dvOverlayShown = {id: msg.id};
+      return true;
+    }
+    gd.__dvBusy = true;
+    const twoD = flat(gd);
+    const base = gd.data.filter(t => t.meta === 'pts');
+    const extra = msg.traces.filter(t => !(twoD && isMark(t)));
+    const layout = Object.assign({}, gd.layout, {meta: {base: msg.base, overlay: msg.id, plotted: msg.plotted}});
+    layout.title = Object.assign({}, gd.layout.title || {}, {text: msg.title});
+    const t0 = performance.now();
+    const done = () => { gd.__dvBusy = false; setTimeout(apply, 0); };
+    w.Plotly.react(gd, base.concat(extra), layout).then(() => {
+      drawMarks(gd);
+      w.__dvOverlayShown = {id: msg.id, ms: performance.now() - t0};
+      done();
+    }, done);
+    return true;
+  }
+
+  if (!apply()) {
+    let tries = 0;
+    const timer = setInterval(() => { if (apply() || ++tries > 200) clearInterval(timer); }, 50);
+  }
+}
