@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 import warnings
 
 import numpy as np
+from measure_landmarks import clustered
 
-sys.path.insert(0, os.path.dirname(__file__))
-from measure_landmarks import clustered  # noqa: E402
-
-from diffviews.processing.quality import knn_preservation  # noqa: E402
-from diffviews.processing.umap import fit_scaled_pca  # noqa: E402
+from diffviews.processing.quality import knn_preservation
+from diffviews.processing.umap import fit_scaled_pca
 
 
 def stamp(label: str, t0: float, **extra) -> float:

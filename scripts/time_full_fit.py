@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(__file__))
-from measure_landmarks import PARAMS, clustered  # noqa: E402
+from measure_landmarks import PARAMS, clustered
 
 
 def main() -> None:
