@@ -98,24 +98,15 @@
     watch(gd);
     const meta = gd.layout.meta || {};
     if (meta.base !== msg.base || gd.__dvBusy) { drawMarks(gd); return true; }
-    if (meta.plotted === msg.plotted) {
-      drawMarks(gd);
-      w.__dvOverlayShown = {id: msg.id};
-      return true;
-    }
+    if (meta.plotted === msg.plotted) { drawMarks(gd); return true; }
     gd.__dvBusy = true;
     const twoD = flat(gd);
     const base = gd.data.filter(t => t.meta === 'pts');
     const extra = msg.traces.filter(t => !(twoD && isMark(t)));
     const layout = Object.assign({}, gd.layout, {meta: {base: msg.base, overlay: msg.id, plotted: msg.plotted}});
     layout.title = Object.assign({}, gd.layout.title || {}, {text: msg.title});
-    const t0 = performance.now();
     const done = () => { gd.__dvBusy = false; setTimeout(apply, 0); };
-    w.Plotly.react(gd, base.concat(extra), layout).then(() => {
-      drawMarks(gd);
-      w.__dvOverlayShown = {id: msg.id, ms: performance.now() - t0};
-      done();
-    }, done);
+    w.Plotly.react(gd, base.concat(extra), layout).then(() => { drawMarks(gd); done(); }, done);
     return true;
   }
 
