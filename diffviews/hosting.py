@@ -86,9 +86,9 @@ def connect_gpu_worker() -> Backend:
 
 def ui_options() -> dict:
     """Page-level options of the UI, which Gradio 6 takes at ``launch`` / mount time."""
-    from .visualization.app import CUSTOM_CSS, SERVE_OPTIONS
+    from .visualization.app import CUSTOM_CSS, serve_options
 
-    return {"css": CUSTOM_CSS, **SERVE_OPTIONS}
+    return {"css": CUSTOM_CSS, **serve_options()}
 
 
 def mount_on_fastapi(demo, path: str = "/"):

@@ -222,6 +222,7 @@ def test_web_uses_the_worker_or_falls_back_with_a_visible_notice(modal_files, ti
 
     asgi = web.create_web_app(str(tiny_data_dir))
     with TestClient(asgi) as client:
-        assert client.get("/").status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200 and 'rel="modulepreload"' in page.text  # preload.py, mounted too
         config = client.get("/config").text
     assert "could not be reached" in config  # the notice is part of the page

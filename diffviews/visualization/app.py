@@ -41,6 +41,7 @@ from .events import (
 from .layout import CUSTOM_CSS, OVERLAY_JS, PLOTLY_HANDLER_JS, build_layout
 from .limits import Busy, HeavyGate, limit_malloc_arenas
 from .models import ModelData
+from .preload import preload_app_kwargs
 from .session_merge import SessionBoard
 from .visualizer import GradioVisualizer
 
@@ -188,12 +189,18 @@ def add_notice(demo: gr.Blocks, text: str) -> gr.Blocks:
 
 def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
     """``demo.launch`` with the app's CSS (Gradio 6 takes css in launch, not in Blocks) and
-    ``SERVE_OPTIONS`` (upload cap). A SIGTERM (how hosts and containers stop a process) ends the
+    ``serve_options()`` (upload cap, Plotly preload). A SIGTERM (how hosts and containers stop a process) ends the
     server as Ctrl-C does, so the exit handlers run and the export folder is removed."""
     if not kwargs.get("prevent_thread_lock") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     return demo.launch(server_name=host, server_port=port, share=share, css=CUSTOM_CSS,
-                       **{**SERVE_OPTIONS, **kwargs})
+                       **{**serve_options(), **kwargs})
+
+
+def serve_options() -> dict:
+    """What every host passes to ``launch`` / ``mount_gradio_app``: ``SERVE_OPTIONS`` and the page's
+    Plotly preload (``preload.PreloadPlotly``, as the Gradio app's middleware)."""
+    return {**SERVE_OPTIONS, "app_kwargs": preload_app_kwargs()}
 
 
 def build_parser() -> argparse.ArgumentParser:
