@@ -104,8 +104,8 @@ def _busy(trace_path: Path, t_base_us: float, bucket_ms: int = 100) -> dict:
             part = min(end, (b + 1) * bucket_ms) - t
             buckets[b] = buckets.get(b, 0.0) + part
             t += part
-    return {"busy_ms per %d ms" % bucket_ms: " ".join(f"{round(buckets.get(b, 0)):d}" for b in range(max(buckets) + 1))
-            if buckets else "", "long events (start, ms, name, url)": sorted(inner)[:60]}
+    busy = " ".join(f"{round(buckets.get(b, 0)):d}" for b in range(max(buckets) + 1)) if buckets else ""
+    return {f"busy_ms per {bucket_ms} ms": busy, "long events (start, ms, name, url)": sorted(inner)[:60]}
 
 
 def profile_once(browser, url: str, n: int, show_all: bool, trace: Path | None = None) -> dict:
@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    app = _App(Path(args.data_dir), args.points, Path(args.code_root), **({"server": FLOOR_SERVER} if args.floor else {}))
+    server = {"server": FLOOR_SERVER} if args.floor else {}
+    app = _App(Path(args.data_dir), args.points, Path(args.code_root), **server)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
