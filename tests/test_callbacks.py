@@ -22,7 +22,7 @@ from diffviews.data.activations import activations_valid, load_activations
 from diffviews.data.layout import model_paths
 from diffviews.visualization import callbacks as cb
 from diffviews.visualization import gpu_ops
-from diffviews.visualization.figures import is_mark
+from diffviews.visualization.figures import is_mark, point_size
 from diffviews.visualization.visualizer import GradioVisualizer
 
 SECOND = "digits-b"  # a copy of the tiny digits folder under another name: a second model
@@ -82,6 +82,11 @@ def is_error(out: dict) -> bool:
 
 # ---- map ---------------------------------------------------------------------------------------
 
+def test_dense_maps_get_smaller_markers():
+    sizes = [point_size(n) for n in (10, 4_000, 20_000, 20_001, 100_000, 1_000_000)]
+    assert sizes == [6, 6, 6, 4, 4, 3]
+
+
 def test_map_figure_points_carry_only_an_index(vis, state):
     md = vis.model("digits")
     fig = json.loads(cb.figure(vis, state).json)
@@ -99,6 +104,7 @@ def test_map_figure_points_carry_only_an_index(vis, state):
         rows = decode(t["customdata"])
         np.testing.assert_allclose(decode(t["x"]), ld.embedding[rows, 0])
         assert len(set(md.metadata.noise_level[rows])) == 1  # 3 levels: one opacity band each
+    assert {t["marker"]["size"] for t in pts} == {point_size(md.n_points)}
     # opacity by noise level (one number per trace): the lowest noise level is the most opaque
     opacity = {float(md.metadata.noise_level[decode(t["customdata"])[0]]): t["marker"]["opacity"] for t in pts}
     assert opacity[min(opacity)] > opacity[max(opacity)]

@@ -94,13 +94,13 @@ RING_JS = """(name) => {
 
 
 class _App:
-    """The app process for one size (``code_root`` first on its path)."""
+    """The app process for one size (``code_root`` first on its path; ``server``: its code, argv as ``SERVER``'s)."""
 
-    def __init__(self, data_dir: Path, n: int, code_root: Path, timeout: float = 600.0):
+    def __init__(self, data_dir: Path, n: int, code_root: Path, timeout: float = 600.0, server: str = SERVER):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(data_dir), str(n), str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-c", server, str(data_dir), str(n), str(self.port)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
