@@ -74,6 +74,18 @@
     return xy;
   }
 
+  // a ring sent without x/y gets them from the base (once per message)
+  function located(gd, t) {
+    if (t.x) return;
+    const xy = positions(gd), ids = t.customdata || [];
+    t.x = new Float64Array(ids.length);
+    t.y = new Float64Array(ids.length);
+    for (let i = 0; i < ids.length; i++) {
+      t.x[i] = 2 * ids[i] + 1 < xy.length ? xy[2 * ids[i]] : NaN;
+      t.y[i] = 2 * ids[i] + 1 < xy.length ? xy[2 * ids[i] + 1] : NaN;
+    }
+  }
+
   // paint the marks at the axes' current ranges; then gd.__dvMarks is {name: point indices} and
   // gd.__dvMarkTraces the mark traces painted
   function drawMarks(gd) {
@@ -99,15 +111,13 @@
     const drawn = {};
     for (const t of marks) {
       const stamp = sprite(t.marker || {}, ratio), r = stamp.r;
-      const ids = t.customdata || [];
-      const xy = t.x ? null : positions(gd);
-      for (let i = 0; i < (t.x ? t.x.length : ids.length); i++) {
-        const x = t.x ? t.x[i] : xy[2 * ids[i]], y = t.x ? t.y[i] : xy[2 * ids[i] + 1];
-        const px = xa.l2p(x), py = ya.l2p(y);
+      located(gd, t);
+      for (let i = 0; i < t.x.length; i++) {
+        const px = xa.l2p(t.x[i]), py = ya.l2p(t.y[i]);
         if (!(px >= -r && py >= -r && px <= width + r && py <= height + r)) continue;
         ctx.drawImage(stamp.cv, Math.round(px * ratio) - stamp.half, Math.round(py * ratio) - stamp.half);
       }
-      drawn[t.name] = (drawn[t.name] || []).concat(ids);
+      drawn[t.name] = (drawn[t.name] || []).concat(t.customdata || []);
     }
     gd.__dvMarks = drawn;
     gd.__dvMarkTraces = marks;
