@@ -16,7 +16,8 @@ whatever a feature adds through ``Overlays.extra`` (e.g. a reference set drawn w
 On a 2-D map the *marks* (``is_mark``: the rings and the frame marker, which sit on points
 the map already has) are painted on a canvas over the plot area, never given to Plotly: a
 new selection or KNN set repaints the canvas and leaves the WebGL points alone (Plotly
-recalculates every trace on a ``react``: 0.5 s at 100k points, seconds at 1M). The other
+recalculates every trace on a ``react``: 0.5 s at 100k points, seconds at 1M); a ring goes in
+the message without its x/y (the page looks its points up in the drawn base). The other
 overlay traces (trajectories, with their hover and click) are Plotly traces, swapped in place
 with ``Plotly.react`` only when they change (the message's ``plotted`` id). ``build_figure``
 bakes those same Plotly overlays into a full figure (its ``layout.meta`` names both ids), so a

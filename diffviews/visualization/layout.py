@@ -11,7 +11,10 @@ plot's ``.js-plotly-plot`` div and writes each event as JSON into the component'
 value (``props.value``), which fires the component's ``change`` event in Python. Setting
 the value is enough; calling ``trigger('change')`` as well would deliver every event
 twice. The handlers are re-attached whenever the plot div is replaced (a flag on the
-div, checked on DOM mutations and on a short interval).
+div, checked on DOM mutations and on a short interval). Box and lasso on the 2-D map are drawn
+by the page (``region_select.js``), never by Plotly: the bridge sends the region in map
+coordinates (``{"kind": "select", "points": [], "region": {"box"|"lasso": ...}}``) and the server
+finds the points inside (``regions.py``), so a selection costs the same at 10³ and 10⁶ points.
 
 Overlays: the ``gr.Plot`` value (all points) changes only when the base changes (model,
 layer, view, class filter). Every handler also sets the hidden ``overlay`` textbox to the
