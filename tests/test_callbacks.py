@@ -12,6 +12,7 @@ import base64
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 from unittest.mock import patch
 
 import numpy as np
@@ -181,6 +182,74 @@ def test_box_select_adds_neighbours(vis, state):
     assert "3 point(s)" in out["status"]
     s2, out = cb.plot_event(vis, s, json.dumps({"kind": "select", "points": []}), False)  # cleared selection box
     assert s2 == s and out == {}
+
+
+def region_event(region) -> str:
+    return json.dumps({"kind": "select", "n": 1, "points": [], "region": region})
+
+
+def test_box_region_adds_exactly_the_points_inside(vis, state):
+    xy = vis.layer("digits", "mid").coords("2-D")
+    s, _ = cb.select_point(vis, state, 0)
+    (x0, x1), (y0, y1) = np.percentile(xy[:, 0], [30, 60]), np.percentile(xy[:, 1], [20, 70])
+    inside = np.flatnonzero((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+    assert inside.size > 3
+    # corners in any order, as the page reports a box dragged from any corner
+    s, out = cb.plot_event(vis, s, region_event({"box": [[float(x1), float(x0)], [float(y0), float(y1)]]}), False)
+    assert s.manual == tuple(int(i) for i in inside if i != 0)
+    assert f"Added {len(s.manual)} point(s)" in out["status"]
+    assert "selected_image" not in out  # the selected point did not change
+    assert rings(out, "neighbours") == list(s.manual)
+    # the same box again adds nothing new, and the gallery (its first rows unchanged) is not resent
+    s2, out = cb.plot_event(vis, s, region_event({"box": [[float(x0), float(x1)], [float(y0), float(y1)]]}), False)
+    assert s2.manual == s.manual and "Added 0 point(s)" in out["status"] and "neighbor_gallery" not in out
+
+
+def rings(out: dict, name: str) -> list[int]:
+    found = [t for t in json.loads(out["overlay"])["traces"] if t.get("meta") == "ring" and t["name"] == name]
+    return found[0]["customdata"] if found else []
+
+
+def test_lasso_region_adds_the_points_inside_the_polygon(vis, state):
+    xy = vis.layer("digits", "mid").coords("2-D").astype(np.float64)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    lo = lo - 0.01 * (hi - lo)  # no point on an edge
+    tri = np.array([lo, [hi[0], lo[1]], [lo[0], hi[1]]])  # about the lower-left half of the map's box
+    # inside the triangle: on the inner side of each edge (an independent test from regions.py's)
+    a, b, c = tri
+
+    def side(p, q, r):
+        return (q[0] - p[0]) * (r[:, 1] - p[1]) - (q[1] - p[1]) * (r[:, 0] - p[0])
+
+    d1, d2, d3 = side(a, b, xy), side(b, c, xy), side(c, a, xy)
+    inside = np.flatnonzero(((d1 > 0) & (d2 > 0) & (d3 > 0)) | ((d1 < 0) & (d2 < 0) & (d3 < 0)))
+    assert 0 < inside.size < len(xy)
+    s, out = cb.plot_event(vis, state, region_event({"lasso": [tri[:, 0].tolist(), tri[:, 1].tolist()]}), False)
+    assert s.manual == tuple(int(i) for i in inside)
+
+
+@pytest.mark.parametrize("region, message", [
+    ({"circle": [[0, 1], [0, 1]]}, "one key of ['box', 'lasso']"),
+    ({"box": [[0, 1]]}, "[x values, y values]"),
+    ({"box": [[0, 1, 2], [0, 1]]}, "box x range must have 2 numbers"),
+    ({"box": [[0, "a"], [0, 1]]}, "box x range must be a list of numbers"),
+    ({"box": [[0, 1e400], [0, 1]]}, "finite"),
+    ({"lasso": [[0, 1], [0, 1]]}, "3 to"),
+    ({"lasso": [[0, 1, 2], [0, 1]]}, "as many x as y"),
+    ("box", "one key of"),
+])
+def test_bad_region_is_refused(vis, state, region, message):
+    s, out = cb.plot_event(vis, state, region_event(region), False)
+    assert is_error(out) and message in out["status"] and s.manual == state.manual
+
+
+def test_region_outside_the_points_or_in_3d(vis, state):
+    s, out = cb.plot_event(vis, state, region_event({"box": [[1e6, 2e6], [1e6, 2e6]]}), False)
+    assert s.manual == () and out == {"status": "No point inside the drawn region."}
+    s, out = cb.plot_event(vis, replace(state, view="3-D"), region_event({"box": [[-1e6, 1e6], [-1e6, 1e6]]}), False)
+    assert is_error(out) and "2-D map only" in out["status"]
+    s, out = cb.plot_event(vis, state, json.dumps({"kind": "click", "points": [], "region": {"box": [[0, 1], [0, 1]]}}))
+    assert is_error(out) and "only a select event has a region" in out["status"]
 
 
 # ---- KNN ---------------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ class _App:
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-c", server, str(data_dir), str(n), str(self.port)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     env=env, cwd=str(code_root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

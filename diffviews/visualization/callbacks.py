@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 import numpy as np
@@ -27,6 +27,7 @@ from ..data.layout import DataLayoutError
 from .figures import Overlays
 from .honesty import step_note, trajectory_flags
 from .models import VIEWS
+from .regions import RegionError, parse_region, rows_in_region
 from .visualizer import GradioVisualizer
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,14 @@ def check_point(vis: GradioVisualizer, state: Session, index) -> int:
 
 def parse_payload(text, max_points: int) -> tuple[str, list[tuple[int | None, str | None]]]:
     """The plot bridge's JSON: ``{"kind": "hover"|"click"|"select", "points": [{"i": index, "m": meta}]}``."""
+    kind, points, _ = parse_event(text, max_points)
+    return kind, points
+
+
+def parse_event(text, max_points: int) -> tuple[str, list[tuple[int | None, str | None]], tuple | None]:
+    """``parse_payload`` plus the region of a box/lasso selection: ``(kind, points, region)``,
+    region ``regions.parse_region``'s ``(kind, shape)`` when the event carries a ``"region"``
+    (the page's bridge sends that instead of the selected points), else None."""
     if not isinstance(text, str) or not text.strip():
         raise UserError("empty plot event")
     if len(text) > MAX_PAYLOAD_CHARS:
@@ -154,7 +163,15 @@ def parse_payload(text, max_points: int) -> tuple[str, list[tuple[int | None, st
         if m is not None and not isinstance(m, str):
             raise UserError(f"point meta must be a string, got {m!r}")
         points.append((None if i is None else i, m))
-    return kind, points
+    region = None
+    if data.get("region") is not None:
+        if kind != "select":
+            raise UserError(f"only a select event has a region, not a {kind} event")
+        try:
+            region = parse_region(data["region"])
+        except RegionError as exc:
+            raise UserError(f"bad selection region: {exc}") from None
+    return kind, points, region
 
 
 def user_message(vis: GradioVisualizer, exc: BaseException, where: str) -> str:
@@ -207,7 +224,7 @@ def guarded(fn):
 
 def session_info(vis: GradioVisualizer, state: Session) -> dict:
     md = vis.model(state.model)
-    info = asdict(state)
+    info = {f.name: list(v) if isinstance(v := getattr(state, f.name), tuple) else v for f in fields(state)}
     info["class_filter"] = None if state.class_filter is None else md.class_name(state.class_filter)
     info.update(n_points=md.n_points, layers=md.hookable_layers, models=vis.model_names,
                 neighbours=list(state.manual), generations=list(state.generations))
@@ -254,22 +271,28 @@ def _view(vis, state: Session, status: str | None = None, redraw: bool = False) 
 
 def _selection(vis: GradioVisualizer, state: Session) -> dict:
     md = vis.model(state.model)
-    m = md.metadata
     if state.selected is None:
         selected_image, selected_info = None, "No point selected. Click a point on the map."
     else:
         selected_image = md.preview(state.selected)
         selected_info = vis.point_info(state.model, state.layer, state.view, state.selected)
+    return {"selected_image": selected_image, "selected_info": selected_info, **_gallery(vis, state)}
+
+
+def _gallery(vis: GradioVisualizer, state: Session) -> dict:
+    """The neighbour gallery: the first ``GALLERY_MAX`` manual neighbours, then KNN suggestions."""
+    md = vis.model(state.model)
+    m = md.metadata
     rows, captions = [], []
-    for i in state.manual:
+    for i in state.manual[:GALLERY_MAX]:
         rows.append(i)
         captions.append(f"#{i} · {md.class_name(int(m.class_label[i]))} · {m.noise_level[i]:.0f}%")
+    manual = set(state.manual)
     for i, d in zip(state.knn, state.knn_dist):
-        if i not in state.manual:
+        if i not in manual and len(rows) < GALLERY_MAX:
             rows.append(i)
             captions.append(f"#{i} · {md.class_name(int(m.class_label[i]))} · d={d:.3g}")
-    return {"selected_image": selected_image, "selected_info": selected_info,
-            "neighbor_gallery": vis.gallery(state.model, rows[:GALLERY_MAX], captions[:GALLERY_MAX])}
+    return {"neighbor_gallery": vis.gallery(state.model, rows, captions)}
 
 
 def _generation(vis: GradioVisualizer, state: Session) -> dict:
@@ -342,9 +365,11 @@ def _trajectory_point(vis, state: Session, meta: str, step) -> tuple:
 def plot_event(vis: GradioVisualizer, state: Session, payload, neighbour_mode: bool = False):
     """A click or box/lasso selection on the map, as sent by the plot bridge."""
     md = vis.model(state.model)
-    kind, points = parse_payload(payload, md.n_points + 10_000)
+    kind, points, region = parse_event(payload, md.n_points + 10_000)
     if kind == "hover":
         raise UserError("hover events go to the hover handler")
+    if region is not None:
+        return _add_region(vis, state, region)
     if kind == "select":
         indices = [i for i, m in points if m in (None, "pts", "ring") and i is not None]
         if not indices:
@@ -389,11 +414,35 @@ def select_region(vis: GradioVisualizer, state: Session, indices):
     if not isinstance(indices, (list, tuple)) or not indices:
         raise UserError("a region selection needs at least one point")
     rows = [check_int("point index", i, 0, n - 1) for i in indices]
-    added = [i for i in dict.fromkeys(rows) if i not in state.manual and i != state.selected]
-    state = replace(state, manual=(*state.manual, *added))
-    more = f" (the gallery shows the first {GALLERY_MAX})" if len(state.neighbours()) > GALLERY_MAX else ""
+    return _add_neighbours(vis, state, rows)
+
+
+def _add_region(vis: GradioVisualizer, state: Session, region: tuple[str, np.ndarray]):
+    """A box or lasso drawn on the 2-D map (``regions.parse_region``'s form): the points inside
+    become manual neighbours; an empty region changes nothing."""
+    if state.view != "2-D":
+        raise UserError("box/lasso selection works on the 2-D map only")
+    rows = rows_in_region(vis.layer(state.model, state.layer).coords("2-D"), *region)
+    if rows.size == 0:
+        return state, {"status": "No point inside the drawn region."}
+    return _add_neighbours(vis, state, rows.tolist())
+
+
+def _add_neighbours(vis: GradioVisualizer, state: Session, rows: list[int]):
+    """``rows`` not yet among the manual neighbours (nor the selected point) join them; the
+    selected point's panel is unchanged, and the gallery is sent only when its rows change."""
+    known = set(state.manual)
+    if state.selected is not None:
+        known.add(state.selected)
+    added = [i for i in dict.fromkeys(rows) if i not in known]
+    old, state = state, replace(state, manual=(*state.manual, *added))
+    shown = state.neighbours()
+    more = f" (the gallery shows the first {GALLERY_MAX})" if len(shown) > GALLERY_MAX else ""
     status = f"Added {len(added)} point(s) from the region as neighbours ({len(state.manual)} in all){more}."
-    return state, {**_view(vis, state, status), **_selection(vis, state)}
+    out = _view(vis, state, status)
+    if shown[:GALLERY_MAX] != old.neighbours()[:GALLERY_MAX]:
+        out.update(_gallery(vis, state))
+    return state, out
 
 
 @guarded

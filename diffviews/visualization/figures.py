@@ -16,7 +16,8 @@ whatever a feature adds through ``Overlays.extra`` (e.g. a reference set drawn w
 On a 2-D map the *marks* (``is_mark``: the rings and the frame marker, which sit on points
 the map already has) are painted on a canvas over the plot area, never given to Plotly: a
 new selection or KNN set repaints the canvas and leaves the WebGL points alone (Plotly
-recalculates every trace on a ``react``: 0.5 s at 100k points, seconds at 1M). The other
+recalculates every trace on a ``react``: 0.5 s at 100k points, seconds at 1M); a ring goes in
+the message without its x/y (the page looks its points up in the drawn base). The other
 overlay traces (trajectories, with their hover and click) are Plotly traces, swapped in place
 with ``Plotly.react`` only when they change (the message's ``plotted`` id). ``build_figure``
 bakes those same Plotly overlays into a full figure (its ``layout.meta`` names both ids), so a
@@ -347,10 +348,19 @@ def _content_id(*parts: str) -> str:
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
 
+def _sent(trace: dict, view: str) -> dict:
+    """``trace`` as the overlay message carries it: a ring painted on the 2-D canvas goes without
+    its x/y (the page finds its points' positions in the drawn base by ``customdata``), so a
+    region of 10⁵ neighbours costs a few bytes a point."""
+    if is_mark(trace, view) and trace.get("meta") == "ring":
+        return {k: v for k, v in trace.items() if k not in ("x", "y")}
+    return trace
+
+
 def _overlay_message(key: str, title: str, traces: list[dict], view: str) -> tuple[str, str, str, list[str]]:
     """(overlay id, id of the part Plotly draws, JSON of all the traces, JSON of each trace
     Plotly draws): the ids name the content, so an unchanged overlay is never redrawn."""
-    text = json.dumps(traces, separators=(",", ":"))
+    text = json.dumps([_sent(t, view) for t in traces], separators=(",", ":"))
     plotted = [json.dumps(t, separators=(",", ":")) for t in traces if not is_mark(t, view)]
     return (_content_id(key, title, text), _content_id(key, title, *plotted), text, plotted)
 

@@ -11,7 +11,10 @@ plot's ``.js-plotly-plot`` div and writes each event as JSON into the component'
 value (``props.value``), which fires the component's ``change`` event in Python. Setting
 the value is enough; calling ``trigger('change')`` as well would deliver every event
 twice. The handlers are re-attached whenever the plot div is replaced (a flag on the
-div, checked on DOM mutations and on a short interval).
+div, checked on DOM mutations and on a short interval). Box and lasso on the 2-D map are drawn
+by the page (``region_select.js``), never by Plotly: the bridge sends the region in map
+coordinates (``{"kind": "select", "points": [], "region": {"box"|"lasso": ...}}``) and the server
+finds the points inside (``regions.py``), so a selection costs the same at 10³ and 10⁶ points.
 
 Overlays: the ``gr.Plot`` value (all points) changes only when the base changes (model,
 layer, view, class filter). Every handler also sets the hidden ``overlay`` textbox to the
@@ -61,7 +64,10 @@ CUSTOM_CSS = """
 .dv-legend { font-size: 0.85em; color: var(--body-text-color-subdued); }
 """
 
-PLOTLY_HANDLER_JS = r"""
+#: box/lasso on the 2-D map, drawn by the page (a function the plot bridge calls; see the file)
+REGION_SELECT_JS = (Path(__file__).parent / "region_select.js").read_text(encoding="utf-8")
+
+PLOTLY_HANDLER_JS = REGION_SELECT_JS + r"""
 const kinds = String(props.events || 'click select').split(/\s+/).filter(Boolean);
 const flag = '__diffviews_' + kinds.join('_');
 let seq = 0;
@@ -71,6 +77,12 @@ function pack(ev, limit) {
     i: Array.isArray(p.customdata) ? p.customdata[0] : p.customdata,
     m: (p.data && typeof p.data.meta === 'string') ? p.data.meta : null,
   }));
+}
+// a box / lasso on the 2-D map (region_select.js): the drawn region in map coordinates; the
+// server finds the points inside, so the message stays small however many points it holds
+function sendRegion(where) {
+  seq += 1;
+  props.value = JSON.stringify({kind: 'select', n: seq, points: [], region: where});
 }
 function send(kind, ev) {
   if (!ev || !Array.isArray(ev.points)) return;
@@ -87,6 +99,7 @@ function attach() {
   const gd = document.querySelector('#umap-plot .js-plotly-plot');
   if (!gd || typeof gd.on !== 'function' || gd[flag]) return;
   gd[flag] = true;
+  if (kinds.includes('select')) dvRegionSelect(gd, where => sendRegion(where), ev => send('click', ev));
   if (kinds.includes('hover')) gd.on('plotly_hover', ev => send('hover', ev));
   if (kinds.includes('click')) gd.on('plotly_click', ev => send('click', ev));
   if (kinds.includes('select')) gd.on('plotly_selected', ev => send('select', ev));

@@ -35,9 +35,55 @@
     return cv;
   }
 
-  function symbolPath(ctx, symbol, x, y, r) {
-    if (String(symbol).startsWith('square')) ctx.rect(x - r, y - r, 2 * r, 2 * r);
-    else { ctx.moveTo(x + r, y); ctx.arc(x, y, r, 0, 2 * Math.PI); }
+  // one mark drawn once on a small canvas (device pixels), stamped on every point: stroking one
+  // path of 10⁴–10⁵ circles costs the software rasterizer seconds, stamping a bitmap does not
+  function sprite(m, ratio) {
+    const r = (m.size || 10) / 2, lw = (m.line && m.line.width) || 2;
+    const color = (m.line && m.line.color) || m.color || '#000';
+    const half = Math.ceil((r + lw) * ratio) + 1;
+    const cv = document.createElement('canvas');
+    cv.width = cv.height = 2 * half;
+    const ctx = cv.getContext('2d');
+    ctx.setTransform(ratio, 0, 0, ratio, half, half);
+    ctx.beginPath();
+    if (String(m.symbol).startsWith('square')) ctx.rect(-r, -r, 2 * r, 2 * r);
+    else ctx.arc(0, 0, r, 0, 2 * Math.PI);
+    ctx.lineWidth = lw;
+    ctx.strokeStyle = color;
+    ctx.stroke();
+    return {cv: cv, half: half, r: r};
+  }
+
+  // map positions of the drawn base's points by index (x at 2i, y at 2i + 1): a ring in the message
+  // names its points (customdata) without their x/y; built once per base
+  function positions(gd) {
+    const key = (gd.layout.meta || {}).base;
+    if (gd.__dvXY && gd.__dvXY.key === key && gd.__dvXY.data === gd._fullData) return gd.__dvXY.xy;
+    const pts = gd._fullData.filter(t => t.meta === 'pts');
+    let top = -1;
+    for (const t of pts) for (let j = 0; j < t.customdata.length; j++) top = Math.max(top, t.customdata[j]);
+    const xy = new Float64Array(2 * (top + 1)).fill(NaN);
+    for (const t of pts) {
+      for (let j = 0; j < t.customdata.length; j++) {
+        const i = t.customdata[j];
+        xy[2 * i] = t.x[j];
+        xy[2 * i + 1] = t.y[j];
+      }
+    }
+    gd.__dvXY = {key: key, data: gd._fullData, xy: xy};
+    return xy;
+  }
+
+  // a ring sent without x/y gets them from the base (once per message)
+  function located(gd, t) {
+    if (t.x) return;
+    const xy = positions(gd), ids = t.customdata || [];
+    t.x = new Float64Array(ids.length);
+    t.y = new Float64Array(ids.length);
+    for (let i = 0; i < ids.length; i++) {
+      t.x[i] = 2 * ids[i] + 1 < xy.length ? xy[2 * ids[i]] : NaN;
+      t.y[i] = 2 * ids[i] + 1 < xy.length ? xy[2 * ids[i] + 1] : NaN;
+    }
   }
 
   // paint the marks at the axes' current ranges; then gd.__dvMarks is {name: point indices} and
@@ -60,21 +106,17 @@
       cv.height = Math.round(height * ratio);
     }
     const ctx = cv.getContext('2d');
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, width, height);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, cv.width, cv.height);
     const drawn = {};
     for (const t of marks) {
-      const m = t.marker || {};
-      const r = (m.size || 10) / 2;
-      ctx.beginPath();
+      const stamp = sprite(t.marker || {}, ratio), r = stamp.r;
+      located(gd, t);
       for (let i = 0; i < t.x.length; i++) {
         const px = xa.l2p(t.x[i]), py = ya.l2p(t.y[i]);
-        if (px < -r || py < -r || px > width + r || py > height + r) continue;
-        symbolPath(ctx, m.symbol, px, py, r);
+        if (!(px >= -r && py >= -r && px <= width + r && py <= height + r)) continue;
+        ctx.drawImage(stamp.cv, Math.round(px * ratio) - stamp.half, Math.round(py * ratio) - stamp.half);
       }
-      ctx.lineWidth = (m.line && m.line.width) || 2;
-      ctx.strokeStyle = (m.line && m.line.color) || m.color || '#000';
-      ctx.stroke();
       drawn[t.name] = (drawn[t.name] || []).concat(t.customdata || []);
     }
     gd.__dvMarks = drawn;
