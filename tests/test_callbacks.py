@@ -228,6 +228,18 @@ def test_lasso_region_adds_the_points_inside_the_polygon(vis, state):
     assert s.manual == tuple(int(i) for i in inside)
 
 
+def test_a_lasso_too_costly_to_test_is_refused_and_changes_nothing(vis, state, monkeypatch):
+    from diffviews.visualization import regions
+
+    monkeypatch.setattr(regions, "MAX_LASSO_TESTS", 10)  # the tiny map's lasso needs more tests than that
+    xy = vis.layer("digits", "mid").coords("2-D").astype(np.float64)
+    lo, hi = xy.min(axis=0) - 1, xy.max(axis=0) + 1
+    tri = [[lo[0], hi[0], lo[0]], [lo[1], lo[1], hi[1]]]
+    s, out = cb.plot_event(vis, state, region_event({"lasso": tri}), False)
+    assert s.manual == state.manual
+    assert is_error(out) and "point-edge tests, at most 10" in str(out["status"])
+
+
 @pytest.mark.parametrize("region, message", [
     ({"circle": [[0, 1], [0, 1]]}, "one key of ['box', 'lasso']"),
     ({"box": [[0, 1]]}, "[x values, y values]"),

@@ -422,7 +422,10 @@ def _add_region(vis: GradioVisualizer, state: Session, region: tuple[str, np.nda
     become manual neighbours; an empty region changes nothing."""
     if state.view != "2-D":
         raise UserError("box/lasso selection works on the 2-D map only")
-    rows = rows_in_region(vis.layer(state.model, state.layer).coords("2-D"), *region)
+    try:
+        rows = rows_in_region(vis.layer(state.model, state.layer).coords("2-D"), *region)
+    except RegionError as exc:
+        raise UserError(f"bad selection region: {exc}") from None
     if rows.size == 0:
         return state, {"status": "No point inside the drawn region."}
     return _add_neighbours(vis, state, rows.tolist())

@@ -16,6 +16,8 @@ import numpy as np
 REGION_KINDS = ("box", "lasso")
 #: a lasso drawn with more vertices than this is refused (Plotly adds one per mouse move)
 MAX_LASSO_VERTICES = 20_000
+#: point-edge crossing tests one lasso may need (~1 s of numpy); an ordinary lasso needs a few per point
+MAX_LASSO_TESTS = 200_000_000
 
 
 class RegionError(ValueError):
@@ -52,22 +54,34 @@ def parse_region(value) -> tuple[str, np.ndarray]:
 
 
 def _inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd rule: a horizontal ray from each point crosses the polygon's edges an odd number of times."""
-    x, y = points[:, 0], points[:, 1]
+    """Even-odd rule: a horizontal ray from each point crosses the polygon's edges an odd number
+    of times. The points are sorted by y once, so each edge tests only the points of its own
+    y band; a lasso whose bands hold more than ``MAX_LASSO_TESTS`` point-edge tests in all is
+    refused before any is made (one visitor's zigzag must not hold the server for minutes)."""
+    order = np.argsort(points[:, 1], kind="stable")
+    x, y = points[order, 0], points[order, 1]
+    ax, ay = polygon[:, 0], polygon[:, 1]
+    bx, by = np.roll(ax, -1), np.roll(ay, -1)
+    # an edge crosses the ray of the points with min(ay, by) <= y < max(ay, by) (horizontal edges: none)
+    start = np.searchsorted(y, np.minimum(ay, by), side="left")
+    stop = np.searchsorted(y, np.maximum(ay, by), side="left")
+    tests = int(np.sum(stop - start))
+    if tests > MAX_LASSO_TESTS:
+        raise RegionError(f"this lasso crosses too many points too often ({tests:,} point-edge tests, at most "
+                          f"{MAX_LASSO_TESTS:,}): draw it with fewer turns")
     inside = np.zeros(len(points), dtype=bool)
-    x0, y0 = polygon[:, 0], polygon[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    for ax, ay, bx, by in zip(x0, y0, x1, y1):
-        if ay == by:
-            continue
-        crosses = (ay > y) != (by > y)
-        at = ax + (y - ay) * (bx - ax) / (by - ay)
-        inside ^= crosses & (x < at)
-    return inside
+    for i in np.flatnonzero(stop > start):
+        band = slice(start[i], stop[i])
+        at = ax[i] + (y[band] - ay[i]) * (bx[i] - ax[i]) / (by[i] - ay[i])
+        inside[band] ^= x[band] < at
+    out = np.empty_like(inside)
+    out[order] = inside
+    return out
 
 
 def rows_in_region(coords: np.ndarray, kind: str, shape: np.ndarray) -> np.ndarray:
-    """The rows of ``coords`` ((N, ≥2) map coordinates) inside the region, ascending."""
+    """The rows of ``coords`` ((N, ≥2) map coordinates) inside the region, ascending; raises
+    ``RegionError`` for a lasso too costly to test (``MAX_LASSO_TESTS``)."""
     x, y = coords[:, 0], coords[:, 1]
     lo, hi = (shape[:, 0], shape[:, 1]) if kind == "box" else (shape.min(axis=0), shape.max(axis=0))
     rows = np.flatnonzero((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]))
