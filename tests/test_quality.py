@@ -257,7 +257,7 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
     _, idx = k_nearest(knn.embedding, knn.embedding, 6)
     assert np.mean(labels[idx[:, 1:]] == labels[:, None]) > 0.95
     small = fit_map(X[:60], threshold=200, n_landmarks=100, **params)
-    assert small.info == {"method": "full", "knn": "exact", "deterministic": True}
+    assert small.info == {"method": "full", "knn": "exact", "deterministic": True, "layout": "float32", "n_epochs": 300}
     assert small.embedding.shape == (60, 2)
     assert info["knn"] == "exact" and info["deterministic"] is True  # how the landmark map itself was made
     unseeded = fit_map(X[:60], threshold=200, n_landmarks=100, **{**params, "random_state": None})

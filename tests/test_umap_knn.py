@@ -64,7 +64,7 @@ def test_fit_with_exact_neighbours_keeps_neighbourhoods_like_umaps_own_search(cl
     assert exact_knn_wanted(100_000, "umap-learn", "euclidean")  # pynndescent's compile no longer above 16k
     params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}
     fast = UMAPPipeline(**params).fit(clustered)
-    assert fast.fit_info() == {"knn": "exact", "deterministic": True}
+    assert fast.fit_info() == {"knn": "exact", "deterministic": True, "layout": "float32", "n_epochs": 300}
     monkeypatch.setenv("DIFFVIEWS_EXACT_KNN", "0")
     own = UMAPPipeline(**params).fit(clustered)
     assert own.fit_info()["knn"] == "umap"

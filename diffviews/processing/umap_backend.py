@@ -30,6 +30,7 @@ BACKENDS = (CUML, UMAP_LEARN)
 FORCE_CPU_ENV = "DIFFVIEWS_FORCE_CPU"
 JIT_CACHE_ENV = "DIFFVIEWS_JIT_CACHE"
 CACHE_DIR_ENV = "DIFFVIEWS_CACHE_DIR"
+FAST_LAYOUT_ENV = "DIFFVIEWS_FAST_LAYOUT"
 #: umap-learn modules whose numba kernels ``enable_jit_cache`` keeps on disk (those not cached
 #: already). pynndescent's nearest-neighbour descent is left alone: its entry kernel uses dynamic
 #: globals, which numba cannot cache, and UMAPPipeline avoids it below EXACT_KNN_MAX_POINTS.
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CUML", "UMAP_LEARN", "BACKENDS", "FORCE_CPU_ENV",
     "JIT_CACHE_ENV", "CACHE_DIR_ENV", "jit_cache_dir", "cuml_available", "force_cpu", "select_backend",
-    "jit_cache_wanted", "enable_jit_cache",
+    "jit_cache_wanted", "enable_jit_cache", "FAST_LAYOUT_ENV", "fast_layout_wanted", "fast_layout_applies",
     "make_umap", "make_nearest_neighbors", "to_numpy", "nearest_neighbors", "ExactNeighbors",
 ]
 
@@ -157,24 +158,43 @@ def enable_jit_cache() -> int:
         return _jit_cache_kernels
 
 
+def fast_layout_wanted() -> bool:
+    """False when ``DIFFVIEWS_FAST_LAYOUT`` is ``"0"`` (umap-learn's own layout kernel throughout)."""
+    return os.environ.get(FAST_LAYOUT_ENV, "").strip() != "0"
+
+
+def fast_layout_applies(params: dict) -> bool:
+    """Whether a umap-learn UMAP with constructor ``params`` lays its map out with
+    ``layout.optimize_layout`` (float32, serial): wanted, seeded, Euclidean output, no densMAP."""
+    return (fast_layout_wanted() and params.get("random_state") is not None
+            and params.get("output_metric", "euclidean") in ("euclidean", "l2")
+            and not params.get("densmap", False) and not params.get("output_dens", False))
+
+
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown UMAP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def make_umap(backend: str, **params):
-    """An unfitted UMAP estimator of ``backend`` with the given constructor parameters."""
+    """An unfitted UMAP estimator of ``backend`` with the given constructor parameters; a seeded
+    umap-learn one lays its map out in float32 (``layout.FastLayoutUMAP``, unless
+    ``DIFFVIEWS_FAST_LAYOUT=0``; see ``layout.fast_layout_applies``)."""
     _check_backend(backend)
     if backend == CUML:
         from cuml.manifold import UMAP
 
         return UMAP(**params)
-    from umap import UMAP
-
     enable_jit_cache()
     if params.get("random_state") is not None:
         # a fixed seed makes umap-learn single-threaded anyway; saying so avoids its warning
         params.setdefault("n_jobs", 1)
+    if fast_layout_applies(params):
+        from .layout import FastLayoutUMAP
+
+        return FastLayoutUMAP(**params)
+    from umap import UMAP
+
     return UMAP(**params)
 
 
