@@ -42,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from .pca import fit_pca, fit_standardiser, standardise
 from .umap_backend import (
     CUML,
     UMAP_LEARN,
@@ -134,16 +135,13 @@ def as_matrix(X, name: str = "X", n_features: int | None = None, min_rows: int =
 
 
 def fit_scaled_pca(X: np.ndarray, pca_components: int | None, random_state: int | None):
-    """Fit StandardScaler → PCA on ``X``; PCA is skipped (None) when ``D <= pca_components`` or
-    ``pca_components`` is falsy. Returns ``(scaler, pca, reduce_features(scaler, pca, X))``."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(X)
+    """Fit the standardiser → PCA of ``pca.py`` on ``X``; PCA is skipped (None) when
+    ``D <= pca_components`` or ``pca_components`` is falsy. Returns
+    ``(scaler, pca, reduce_features(scaler, pca, X))``."""
+    scaler = fit_standardiser(X)
     pca = None
     if pca_components and X.shape[1] > int(pca_components):
-        pca = PCA(n_components=min(int(pca_components), X.shape[0]), random_state=random_state)
-        pca.fit(scaler.transform(X))
+        pca = fit_pca(standardise(X, scaler), min(int(pca_components), X.shape[0]), random_state)
     return scaler, pca, reduce_features(scaler, pca, X)
 
 
@@ -153,19 +151,19 @@ def reduce_features(scaler, pca, X: np.ndarray, chunk_rows: int = 1024) -> np.nd
     Computed in float64 and rounded, so a row gets the same bits whichever rows it is batched
     with: BLAS picks different kernels for different batch shapes, and umap-learn's transform
     seeds each row's random state from the bits of its starting position, so a 1-ulp change
-    would move the projected point visibly.
+    would move the projected point visibly. With PCA the scaling is folded into the projection
+    (``X @ (components / scale) - offset``: one product, no scaled copy of the rows).
     """
     mean = np.asarray(scaler.mean_, dtype=np.float64)
     scale = np.asarray(scaler.scale_, dtype=np.float64)
     if pca is not None:
-        pca_mean = np.asarray(pca.mean_, dtype=np.float64)
         components = np.asarray(pca.components_, dtype=np.float64).T
+        weights = components / scale[:, None]
+        offset = (mean / scale + np.asarray(pca.mean_, dtype=np.float64)) @ components
     out = np.empty((X.shape[0], X.shape[1] if pca is None else components.shape[1]), dtype=np.float32)
     for start in range(0, X.shape[0], chunk_rows):
-        Z = (np.asarray(X[start:start + chunk_rows], dtype=np.float64) - mean) / scale
-        if pca is not None:
-            Z = (Z - pca_mean) @ components
-        out[start:start + chunk_rows] = Z
+        rows = np.asarray(X[start:start + chunk_rows], dtype=np.float64)
+        out[start:start + chunk_rows] = (rows - mean) / scale if pca is None else rows @ weights - offset
     return out
 
 
