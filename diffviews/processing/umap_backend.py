@@ -241,11 +241,12 @@ def nearest_neighbors(X, k: int, backend: str | None = None, queries=None) -> tu
 
 
 class ExactNeighbors:
-    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), on the CPU.
+    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), on the CPU: a
+    ``knn.KnnIndex`` prepared on the first query and kept for the next ones.
 
-    Distances are found with BLAS in float64 blocks and the chosen neighbours' distances are
-    then recomputed directly, so a row's own distance is exactly 0 and a query row gets the
-    same neighbours and distances whichever rows it is batched with.
+    The chosen neighbours' distances are recomputed directly in float64, so a row's own
+    distance is exactly 0 and a query row gets the same neighbours and distances whichever
+    rows it is batched with.
 
     It also answers umap-learn's search-index interface (``query(X, k, epsilon)`` returning
     ``(indices int32, distances float32)``, and ``_angular_trees``), so a UMAP fitted with
@@ -253,17 +254,15 @@ class ExactNeighbors:
     """
 
     _angular_trees = False  # read by umap-learn's transform to pick its search epsilon
-    block_rows = 512
 
     def __init__(self, data):
         self.data = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
         if self.data.ndim != 2 or self.data.shape[0] == 0:
             raise ValueError(f"data must be a non-empty (N, p) array, got shape {self.data.shape}")
-        self._data64 = None
-        self._sq_norms = None
+        self._index = None
 
     def __getstate__(self):
-        return {"data": self.data}  # the float64 copies are rebuilt on the first query
+        return {"data": self.data}  # the prepared index is rebuilt on the first query
 
     def __setstate__(self, state):
         self.__init__(state["data"])
@@ -271,30 +270,11 @@ class ExactNeighbors:
     def kneighbors(self, X, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest rows of ``data`` for each row of ``X``, nearest first (ties by row):
         ``(distances (M, k) float64, indices (M, k) int64)``."""
-        n = self.data.shape[0]
-        if not 1 <= int(k) <= n:
-            raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
-        k = int(k)
-        Q = np.asarray(X, dtype=np.float64)
-        if Q.ndim != 2 or Q.shape[1] != self.data.shape[1]:
-            raise ValueError(f"queries must be (M, {self.data.shape[1]}), got shape {Q.shape}")
-        if self._data64 is None:
-            self._data64 = self.data.astype(np.float64)
-            self._sq_norms = np.einsum("ij,ij->i", self._data64, self._data64)
-        A, sq = self._data64, self._sq_norms
-        indices = np.empty((Q.shape[0], k), dtype=np.int64)
-        distances = np.empty((Q.shape[0], k), dtype=np.float64)
-        for start in range(0, Q.shape[0], self.block_rows):
-            q = Q[start:start + self.block_rows]
-            d2 = q @ A.T
-            d2 *= -2.0
-            d2 += sq  # |x|^2 - 2 q.x: the squared distance less |q|^2, which is the same along a row
-            cand = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(q), 1))
-            diff = A[cand] - q[:, None, :]
-            exact = np.sqrt(np.einsum("mkp,mkp->mk", diff, diff))
-            order = np.lexsort((cand, exact), axis=1)
-            indices[start:start + len(q)] = np.take_along_axis(cand, order, axis=1)
-            distances[start:start + len(q)] = np.take_along_axis(exact, order, axis=1)
+        from .knn import KnnIndex  # imports numba: only when searching
+
+        if self._index is None:
+            self._index = KnnIndex(self.data)
+        indices, distances = self._index.search(k, np.asarray(X))
         return distances, indices
 
     def query(self, X, k: int, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray]:
