@@ -25,11 +25,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["N_OVERSAMPLES", "Standardiser", "PrincipalComponents", "fit_standardiser",
+__all__ = ["N_OVERSAMPLES", "ONE_THREAD_MAX_VALUES", "Standardiser", "PrincipalComponents", "fit_standardiser",
            "standardise", "fit_pca"]
 
 #: extra random directions of the randomized SVD (scikit-learn's PCA default)
 N_OVERSAMPLES = 10
+#: a randomized SVD of at most this many values runs on one BLAS thread: its products and
+#: 14 small LU factorisations are short, and handing them to threads that compete with the
+#: app's (torch's pool has just extracted the layer) cost more than it saves. In the app's
+#: layer switch at 4000 × 4096 on this 2-core machine: 0.50 s on one thread (4 runs), 0.78-1.5 s
+#: on two. Larger data keep BLAS's own thread count.
+ONE_THREAD_MAX_VALUES = 32 << 20
 # rows per block when reading activations (4 MiB of 4096-D float32: stays in cache)
 _CHUNK_ROWS = 2048
 _BLOCK_ROWS = 256
@@ -106,6 +112,7 @@ def fit_pca(Z: np.ndarray, n_components: int, random_state: int | None = None) -
     random start, same signs), centring ``Z`` in place instead of in a copy."""
     from sklearn.decomposition import PCA
     from sklearn.utils.extmath import randomized_svd, svd_flip
+    from threadpoolctl import threadpool_limits
 
     n, d = Z.shape
     k = int(n_components)
@@ -115,7 +122,9 @@ def fit_pca(Z: np.ndarray, n_components: int, random_state: int | None = None) -
         pca = PCA(n_components=k, random_state=random_state, copy=False).fit(Z)
         return PrincipalComponents(pca.components_.astype(np.float64), pca.singular_values_.astype(np.float64), n)
     Z -= Z.mean(axis=0)
-    u, singular, vt = randomized_svd(Z, k, n_oversamples=N_OVERSAMPLES, n_iter="auto",
-                                     power_iteration_normalizer="auto", flip_sign=False, random_state=random_state)
+    with threadpool_limits(limits=1 if Z.size <= ONE_THREAD_MAX_VALUES else None, user_api="blas"):
+        u, singular, vt = randomized_svd(Z, k, n_oversamples=N_OVERSAMPLES, n_iter="auto",
+                                         power_iteration_normalizer="auto", flip_sign=False,
+                                         random_state=random_state)
     _, vt = svd_flip(u, vt, u_based_decision=False)
     return PrincipalComponents(np.ascontiguousarray(vt, dtype=np.float64), singular.astype(np.float64), n)
