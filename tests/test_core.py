@@ -214,6 +214,32 @@ def test_extraction_really_noises_and_is_seeded(adapter):
         extract_activations(adapter, np.zeros((2, 3, 16, 16), np.float32), labels[:2], [50.0], ["mid"])
 
 
+def test_extraction_stops_after_the_last_recorded_layer(adapter):
+    images = np.random.default_rng(1).uniform(-1, 1, size=(6, 1, 16, 16)).astype(np.float32)
+    labels = np.arange(6) % 10
+    calls = {"enc_16x16": 0, "dec_16x16": 0}
+    hooks = [adapter.get_layer_module(name).register_forward_hook(
+        lambda m, i, o, name=name: calls.__setitem__(name, calls[name] + 1)) for name in calls]
+    try:
+        got = extract_activations(adapter, images, labels, [60.0], ["enc_16x16"], seed=0, batch_size=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    # the first batch runs whole (to check each layer runs once); the other two stop after enc_16x16
+    assert calls == {"enc_16x16": 3, "dec_16x16": 1}
+    assert _hook_count(adapter) == 0
+    # the same activations as a whole forward pass records
+    x0 = torch.from_numpy(images)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    sigma = adapter.noise_level_to_native(60.0)
+    with torch.no_grad(), ActivationExtractor(adapter, ["enc_16x16"]) as ex:
+        for start in range(0, 6, 2):
+            adapter.forward(adapter.add_noise(x0[start:start + 2], sigma, eps[start:start + 2]), sigma,
+                            torch.from_numpy(labels[start:start + 2]))
+            np.testing.assert_array_equal(got["enc_16x16"][start:start + 2],
+                                          ex.get_activations()["enc_16x16"].flatten(1).numpy())
+
+
 def test_compute_mask_dict_is_the_neighbour_mean():
     rng = np.random.default_rng(0)
     shapes = {"a": (2, 2, 2), "b": (3, 1, 1)}

@@ -257,7 +257,7 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
     _, idx = k_nearest(knn.embedding, knn.embedding, 6)
     assert np.mean(labels[idx[:, 1:]] == labels[:, None]) > 0.95
     small = fit_map(X[:60], threshold=200, n_landmarks=100, **params)
-    assert small.info == {"method": "full", "knn": "exact", "deterministic": True}
+    assert small.info == {"method": "full", "knn": "exact", "deterministic": True, "layout": "float32", "n_epochs": 300}
     assert small.embedding.shape == (60, 2)
     assert info["knn"] == "exact" and info["deterministic"] is True  # how the landmark map itself was made
     unseeded = fit_map(X[:60], threshold=200, n_landmarks=100, **{**params, "random_state": None})
@@ -266,3 +266,22 @@ def test_landmark_fit_places_every_point_and_says_how(small_activations):
         fit_map(X, threshold=200, n_landmarks=300)
     with pytest.raises(ValueError, match="unknown placement 'umap'; choose one of knn, transform"):
         fit_map(X, place="umap")
+
+
+def test_k_nearest_paths_match_brute_force(tmp_path):
+    """In-memory data (``knn.exact_knn``), memory-mapped data (blocked BLAS) and a map (KD-tree)
+    all give numpy's brute-force answer: nearest first, ties by row, excluded rows left out."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(700, 20)).astype(np.float32)
+    data[400] = data[9]  # a tie at distance 0
+    rows = np.array([3, 9, 400, 650])
+    path = tmp_path / "d.npy"
+    np.save(path, data)
+    for X in (data, np.load(path, mmap_mode="r"), data[:, :2].copy()):
+        queries = np.asarray(X[rows])
+        full = np.linalg.norm(np.asarray(X, np.float64)[None] - queries[:, None].astype(np.float64), axis=2)
+        full[np.arange(len(rows)), rows] = np.inf
+        expected = np.lexsort((np.broadcast_to(np.arange(len(X)), full.shape), full), axis=1)[:, :6]
+        distances, indices = k_nearest(X, queries, 6, exclude=rows)
+        np.testing.assert_array_equal(indices, expected)
+        np.testing.assert_allclose(distances, np.take_along_axis(full, expected, axis=1), rtol=1e-12)

@@ -45,7 +45,8 @@ def test_a_landmark_map_is_recorded_reloaded_without_refit_and_described(paths):
 def test_full_maps_say_so(paths):
     acts = np.asarray(load_activations(paths, "mid"))
     estimator, extra = fit_here()(acts)
-    assert extra["map"] == {"method": "full", "knn": "exact", "deterministic": True}
+    assert extra["map"] == {"method": "full", "knn": "exact", "deterministic": True, "layout": "float32",
+                          "n_epochs": 300}
     assert estimator.embedding_.shape == (acts.shape[0], 2)
 
 

@@ -64,7 +64,7 @@ def test_fit_with_exact_neighbours_keeps_neighbourhoods_like_umaps_own_search(cl
     assert exact_knn_wanted(100_000, "umap-learn", "euclidean")  # pynndescent's compile no longer above 16k
     params = {"n_neighbors": 10, "pca_components": None, "random_state": 0, "backend": "umap-learn"}
     fast = UMAPPipeline(**params).fit(clustered)
-    assert fast.fit_info() == {"knn": "exact", "deterministic": True}
+    assert fast.fit_info() == {"knn": "exact", "deterministic": True, "layout": "float32", "n_epochs": 300}
     monkeypatch.setenv("DIFFVIEWS_EXACT_KNN", "0")
     own = UMAPPipeline(**params).fit(clustered)
     assert own.fit_info()["knn"] == "umap"
@@ -80,3 +80,27 @@ def test_default_threads_follow_omp_num_threads(monkeypatch):
     assert default_threads() == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert default_threads() >= 1
+
+
+def test_the_three_exact_searches_match_brute_force(clustered):
+    """``exact_knn`` (fits), ``ExactNeighbors`` (umap-learn's transform index) and
+    ``quality.k_nearest`` (map quality, neighbour lists) all give numpy's brute-force answer."""
+    from diffviews.processing.knn import KnnIndex
+    from diffviews.processing.quality import k_nearest
+
+    queries = np.concatenate([clustered[[3, 450, 77]], clustered[:40] + 0.25])
+    full = np.linalg.norm(queries[:, None].astype(np.float64) - clustered[None].astype(np.float64), axis=2)
+    expected = np.lexsort((np.broadcast_to(np.arange(len(clustered)), full.shape), full), axis=1)[:, :9]
+    expected_d = np.take_along_axis(full, expected, axis=1)
+    index = ExactNeighbors(clustered)
+    answers = {"exact_knn": exact_knn(clustered, 9, queries=queries),
+               "ExactNeighbors": index.kneighbors(queries, 9)[::-1],
+               "k_nearest": k_nearest(clustered, queries, 9)[::-1]}
+    for name, (indices, distances) in answers.items():
+        np.testing.assert_array_equal(indices, expected, err_msg=name)
+        np.testing.assert_allclose(distances, expected_d, rtol=1e-12, atol=1e-12, err_msg=name)
+    # ExactNeighbors prepares its index once: the next query (a trajectory step) reuses it
+    prepared = index._index
+    assert isinstance(prepared, KnnIndex)
+    index.query(queries[:2], 3)
+    assert index._index is prepared

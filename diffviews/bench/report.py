@@ -118,7 +118,8 @@ def _main_rows(r: dict) -> list[tuple[str, str]]:
         sw = r["layer_switch"]
         rows += [
             (f"Layer switch, cache miss (`{sw['layer']}`: extract + fit + draw)",
-             f"{_s(sw['miss_s'])} (extract {_s(sw['miss_extract_s'])}, fit {_s(sw['miss_fit_s'])})"),
+             f"{_s(sw['miss_s'])} (extract {_s(sw['miss_extract_s'])}, fit {_s(sw['miss_fit_s'])}"
+             + (f", save + draw {_s(sw['miss_rest_s'])})" if 'miss_rest_s' in sw else ")")),
             ("Layer switch, cache hit: on disk / in memory", f"{_s(sw['hit_s'], 3)} / {_s(sw['hit_memory_s'], 3)}"),
         ]
         if sw.get("plain_cold_s") is not None:

@@ -15,7 +15,38 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .hooks import ActivationExtractor
+from .hooks import ActivationExtractor, _HookContext
+
+
+class _ForwardDone(Exception):
+    """Raised by ``_StopAfter``'s hook: every recorded layer has run; the rest of the pass is not needed."""
+
+
+class _StopAfter(_HookContext):
+    """Ends a forward pass once each named layer has run (``run``). The first pass runs whole
+    and counts each layer's calls; later passes stop early only when each ran exactly once."""
+
+    def __init__(self, adapter, layers):
+        super().__init__(adapter, layers)
+        self.calls = dict.fromkeys(self.layers, 0)
+        self.armed = False
+
+    def _make_hook(self, name: str) -> Callable:
+        def hook(module, inputs, output):
+            self.calls[name] += 1
+            if self.armed and all(self.calls.values()):
+                raise _ForwardDone
+
+        return hook
+
+    def run(self, forward: Callable[..., object], *args) -> None:
+        """``forward(*args)``, cut short after the last named layer once armed."""
+        self.calls = dict.fromkeys(self.layers, 0)
+        try:
+            forward(*args)
+        except _ForwardDone:
+            return
+        self.armed = all(count == 1 for count in self.calls.values())
 
 
 @torch.no_grad()
@@ -53,14 +84,16 @@ def extract_activations(adapter, images: np.ndarray, labels: np.ndarray, noise_l
     if encode:  # once, not at every noise level
         images = np.concatenate([adapter.encode(torch.from_numpy(images[s:s + batch_size]).to(adapter.device))
                                  .float().cpu().numpy() for s in range(0, n, batch_size)])
-    with ActivationExtractor(adapter, layers) as ex:
+    # the extractor's hooks are attached first, so they record before the stop hook fires
+    with ActivationExtractor(adapter, layers) as ex, _StopAfter(adapter, layers) as stop:
         for j, level in enumerate(noise_levels):
             sigma = adapter.noise_level_to_native(float(level))
             for start in range(0, n, batch_size):
                 x0 = torch.from_numpy(images[start:start + batch_size]).to(adapter.device)
                 eps = torch.randn(x0.shape, generator=gen).to(adapter.device)
                 y = torch.from_numpy(labels[start:start + batch_size]).to(adapter.device)
-                adapter.forward(adapter.add_noise(x0, sigma, eps), sigma, y)
+                x = adapter.add_noise(x0, sigma, eps)
+                stop.run(adapter.forward, x, sigma, y)
                 rows = slice(j * n + start, j * n + start + len(x0))
                 for layer, act in ex.get_activations().items():
                     out[layer][rows] = act.flatten(1).float().cpu().numpy()

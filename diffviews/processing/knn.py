@@ -2,6 +2,10 @@
 
 ``exact_knn(Z, k)`` is what a UMAP fit needs as ``precomputed_knn``: for each row its ``k``
 nearest rows (itself first, at distance 0), exactly, nearest first, ties broken by row index.
+``KnnIndex(Z)`` is the same search prepared once for many queries: ``umap_backend.ExactNeighbors``
+(umap-learn's transform index: trajectories projected onto a map) and ``quality.k_nearest``
+(in-memory data) search through it. The one other exact search is ``quality.k_nearest`` on
+memory-mapped data, which reads its data one block of rows at a time instead of preparing it.
 
 How: the data are centred and, one block of query rows at a time, squared distances (less the
 query's own norm) come from one float32 BLAS product; a compiled loop keeps the ``k + SLACK``
@@ -24,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-__all__ = ["SLACK", "BLOCK_BYTES", "exact_knn", "default_threads"]
+__all__ = ["SLACK", "BLOCK_BYTES", "KnnIndex", "exact_knn", "default_threads"]
 
 #: extra float32 candidates per row whose distances are recomputed in float64
 SLACK = 8
@@ -70,64 +74,90 @@ def default_threads() -> int:
     return max(1, cpus)
 
 
+class KnnIndex:
+    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), prepared once.
+
+    Keeps what every query needs: the rows in float64 (for the exact distances of the chosen
+    candidates), their mean, the centred rows in float32 and their squared norms (for the BLAS
+    products), so repeated queries (a trajectory projected step by step) do not redo them.
+    ``search`` answers as described in the module docs, the same for any ``threads`` and
+    ``block_rows``.
+    """
+
+    def __init__(self, data):
+        rows = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise ValueError(f"Z must be a non-empty (N, p) array, got shape {rows.shape}")
+        self.data64 = rows.astype(np.float64)
+        self.mean = self.data64.mean(axis=0)
+        self.centred = (self.data64 - self.mean).astype(np.float32)
+        self.sq_norms = np.einsum("ij,ij->i", self.centred, self.centred)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.centred.shape
+
+    def search(self, k: int, queries=None, threads: int | None = None,
+               block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows to each row of ``queries`` (M, p) (default: the data's own rows,
+        each its own first neighbour at distance 0); nearest first, ties by row. Returns
+        ``(indices (M, k) int64, distances (M, k) float64)``. ``threads``: default
+        ``default_threads()``; ``block_rows``: query rows per block (default: as many as fit
+        ``BLOCK_BYTES`` of distances, 16 to 1024)."""
+        from threadpoolctl import threadpool_limits
+
+        n, p = self.shape
+        if not 1 <= int(k) <= n:
+            raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
+        threads = default_threads() if threads is None else int(threads)
+        if block_rows is None:
+            block_rows = max(16, min(1024, BLOCK_BYTES // (4 * n)))
+        if threads < 1 or int(block_rows) < 1:
+            raise ValueError(f"threads and block_rows must be >= 1, got {threads} and {block_rows}")
+        k, block_rows = int(k), int(block_rows)
+        m = min(n, k + SLACK)
+        if queries is None:
+            q64, q32 = self.data64, self.centred
+        else:
+            q64 = np.asarray(queries, dtype=np.float64)
+            if q64.ndim != 2 or q64.shape[1] != p:
+                raise ValueError(f"queries must be (M, {p}), got shape {q64.shape}")
+            q32 = (q64 - self.mean).astype(np.float32)
+        rows = q64.shape[0]
+        indices = np.empty((rows, k), dtype=np.int64)
+        distances = np.empty((rows, k), dtype=np.float64)
+
+        def block(start: int) -> None:
+            stop = min(rows, start + block_rows)
+            d2 = q32[start:stop] @ self.centred.T
+            d2 *= -2.0
+            d2 += self.sq_norms
+            cand = np.empty((stop - start, m), dtype=np.int64)
+            _smallest(d2, m, cand)
+            diff = self.data64[cand] - q64[start:stop, None, :]
+            exact = np.sqrt(np.einsum("rmp,rmp->rm", diff, diff))
+            order = np.lexsort((cand, exact), axis=1)[:, :k]
+            indices[start:stop] = np.take_along_axis(cand, order, axis=1)
+            distances[start:stop] = np.take_along_axis(exact, order, axis=1)
+
+        starts = range(0, rows, block_rows)
+        with threadpool_limits(limits=1, user_api="blas"):
+            if threads == 1 or rows <= block_rows:
+                for start in starts:
+                    block(start)
+            else:
+                with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="exact-knn") as pool:
+                    list(pool.map(block, starts))
+        return indices, distances
+
+
 def exact_knn(Z, k: int, queries=None, threads: int | None = None,
               block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``Z`` (N, p) to each of its rows (Euclidean, the row itself
-    included at distance 0), or to each row of ``queries`` (M, p); nearest first, ties by row.
+    included at distance 0), or to each row of ``queries`` (M, p); nearest first, ties by row:
+    ``KnnIndex(Z).search(k, queries, threads, block_rows)``, for one search over ``Z``.
 
-    Returns ``(indices (M, k) int64, distances (M, k) float64)``, the same as
-    ``umap_backend.ExactNeighbors(Z).kneighbors(queries or Z, k)``, for any ``threads``
+    Returns ``(indices (M, k) int64, distances (M, k) float64)``, the same for any ``threads``
     (default: ``default_threads()``) and ``block_rows`` (query rows per block; default: as
     many as fit ``BLOCK_BYTES`` of distances, 16 to 1024)."""
-    from threadpoolctl import threadpool_limits
-
-    data = np.ascontiguousarray(np.asarray(Z, dtype=np.float32))
-    if data.ndim != 2 or data.shape[0] == 0:
-        raise ValueError(f"Z must be a non-empty (N, p) array, got shape {data.shape}")
-    n = data.shape[0]
-    if not 1 <= int(k) <= n:
-        raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
-    threads = default_threads() if threads is None else int(threads)
-    if block_rows is None:
-        block_rows = max(16, min(1024, BLOCK_BYTES // (4 * n)))
-    if threads < 1 or int(block_rows) < 1:
-        raise ValueError(f"threads and block_rows must be >= 1, got {threads} and {block_rows}")
-    k, block_rows = int(k), int(block_rows)
-    m = min(n, k + SLACK)
-    data64 = data.astype(np.float64)
-    mean = data64.mean(axis=0)
-    centred = (data64 - mean).astype(np.float32)
-    sq = np.einsum("ij,ij->i", centred, centred)
-    if queries is None:
-        q64, q32 = data64, centred
-    else:
-        q64 = np.asarray(queries, dtype=np.float64)
-        if q64.ndim != 2 or q64.shape[1] != data.shape[1]:
-            raise ValueError(f"queries must be (M, {data.shape[1]}), got shape {q64.shape}")
-        q32 = (q64 - mean).astype(np.float32)
-    rows = q64.shape[0]
-    indices = np.empty((rows, k), dtype=np.int64)
-    distances = np.empty((rows, k), dtype=np.float64)
-
-    def block(start: int) -> None:
-        stop = min(rows, start + block_rows)
-        d2 = q32[start:stop] @ centred.T
-        d2 *= -2.0
-        d2 += sq
-        cand = np.empty((stop - start, m), dtype=np.int64)
-        _smallest(d2, m, cand)
-        diff = data64[cand] - q64[start:stop, None, :]
-        exact = np.sqrt(np.einsum("rmp,rmp->rm", diff, diff))
-        order = np.lexsort((cand, exact), axis=1)[:, :k]
-        indices[start:stop] = np.take_along_axis(cand, order, axis=1)
-        distances[start:stop] = np.take_along_axis(exact, order, axis=1)
-
-    starts = range(0, rows, block_rows)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if threads == 1 or rows <= block_rows:
-            for start in starts:
-                block(start)
-        else:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="exact-knn") as pool:
-                list(pool.map(block, starts))
-    return indices, distances
+    return KnnIndex(Z).search(k, queries, threads=threads, block_rows=block_rows)

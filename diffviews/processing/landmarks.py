@@ -15,7 +15,7 @@ in a JSON-ready dict for the map's metadata:
 
 The landmark fit gets exact neighbours (``knn.exact_knn``, below ``umap.EXACT_KNN_MAX_POINTS``)
 and never pays pynndescent's per-process compilation; the k-NN placement uses the same
-threaded exact search, of the placed points against the landmarks.
+threaded exact search (``knn.KnnIndex``), of the placed points against the landmarks.
 """
 
 from __future__ import annotations
@@ -147,15 +147,16 @@ def fit_map(X, strata=None, threshold: int = LANDMARK_THRESHOLD, n_landmarks: in
     embedding = np.empty((n, pipe.embedding_.shape[1]), dtype=np.float32)
     embedding[rows] = pipe.embedding_
     rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
-    from .knn import exact_knn  # imports numba: only when placing points
+    from .knn import KnnIndex  # imports numba: only when placing points
     t0 = time.perf_counter()
+    index = KnnIndex(pipe.train_features_) if place == "knn" else None  # prepared once for every batch
     for start in range(0, rest.size, int(batch_size)):
         part = rest[start:start + int(batch_size)]
         if place == "transform":
             embedding[part] = pipe.transform(X[part], batch_size=int(batch_size))
         else:
             k = min(int(pipe.n_neighbors), rows.size)
-            indices, distances = exact_knn(pipe.train_features_, k, queries=pipe.preprocess(X[part]))
+            indices, distances = index.search(k, queries=pipe.preprocess(X[part]))
             embedding[part] = interpolate_embedding(distances, indices, pipe.embedding_)
     info = {"method": "landmarks", "n_landmarks": int(rows.size), "threshold": int(threshold), "seed": int(seed),
             "n_strata": int(stratum_ids(strata, n).max() + 1), "placement": place,

@@ -51,6 +51,9 @@ _DATA_BLOCK = 8192
 _QUERY_BLOCK = 2048
 # data with at most this many columns (a map) is searched with a KD-tree instead of BLAS
 _TREE_MAX_COLUMNS = 3
+# in-memory data up to this many values is searched by ``knn.exact_knn`` (threaded, compiled
+# top-k; it keeps float64 and float32 copies); larger or memory-mapped data one block at a time
+_IN_MEMORY_ELEMENTS = 64 << 20
 
 
 def _matrix(X, name: str, min_rows: int = 1) -> np.ndarray:
@@ -112,6 +115,8 @@ def k_nearest(data, queries, k: int, exclude=None) -> tuple[np.ndarray, np.ndarr
         return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
     if data.shape[1] <= _TREE_MAX_COLUMNS:
         best_i = _tree_candidates(data, Q, k, excl)
+    elif not isinstance(data, np.memmap) and data.size <= _IN_MEMORY_ELEMENTS:
+        best_i = _knn_candidates(data, Q, k, excl)
     else:
         best_i = _blas_candidates(data, Q, k, excl)
     # exact distances of the chosen rows, in float64 (a row's own distance is exactly 0)
@@ -329,12 +334,25 @@ def _tree_candidates(data: np.ndarray, Q: np.ndarray, k: int, excl: np.ndarray) 
     extra = int((excl >= 0).any())
     found = NearestNeighbors(n_neighbors=k + extra, algorithm="kd_tree").fit(points).kneighbors(
         Q, return_distance=False)
-    if not extra:
+    return _drop_excluded(found, excl, k)
+
+
+def _knn_candidates(data: np.ndarray, Q: np.ndarray, k: int, excl: np.ndarray) -> np.ndarray:
+    """(M, k) rows nearest each query, by ``knn.exact_knn`` (in-memory data of more than 3 columns)."""
+    from .knn import exact_knn  # imports numba: only when searching
+
+    found, _ = exact_knn(data, k + int((excl >= 0).any()), queries=Q)
+    return _drop_excluded(found, excl, k)
+
+
+def _drop_excluded(found: np.ndarray, excl: np.ndarray, k: int) -> np.ndarray:
+    """``found`` (M, k or k + 1) without each query's excluded row (or, when it was not among
+    them, the farthest one), as (M, k) int64."""
+    if found.shape[1] == k:
         return found.astype(np.int64)
-    # drop each query's excluded row (or, when it was not among them, the farthest one)
     drop = found == excl[:, None]
     drop[~drop.any(axis=1), -1] = True
-    return found[~drop].reshape(len(Q), k).astype(np.int64)
+    return found[~drop].reshape(len(found), k).astype(np.int64)
 
 
 def _blas_candidates(data: np.ndarray, Q: np.ndarray, k: int, excl: np.ndarray) -> np.ndarray:

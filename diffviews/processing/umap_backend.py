@@ -30,6 +30,7 @@ BACKENDS = (CUML, UMAP_LEARN)
 FORCE_CPU_ENV = "DIFFVIEWS_FORCE_CPU"
 JIT_CACHE_ENV = "DIFFVIEWS_JIT_CACHE"
 CACHE_DIR_ENV = "DIFFVIEWS_CACHE_DIR"
+FAST_LAYOUT_ENV = "DIFFVIEWS_FAST_LAYOUT"
 #: umap-learn modules whose numba kernels ``enable_jit_cache`` keeps on disk (those not cached
 #: already). pynndescent's nearest-neighbour descent is left alone: its entry kernel uses dynamic
 #: globals, which numba cannot cache, and UMAPPipeline avoids it below EXACT_KNN_MAX_POINTS.
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CUML", "UMAP_LEARN", "BACKENDS", "FORCE_CPU_ENV",
     "JIT_CACHE_ENV", "CACHE_DIR_ENV", "jit_cache_dir", "cuml_available", "force_cpu", "select_backend",
-    "jit_cache_wanted", "enable_jit_cache",
+    "jit_cache_wanted", "enable_jit_cache", "FAST_LAYOUT_ENV", "fast_layout_wanted", "fast_layout_applies",
     "make_umap", "make_nearest_neighbors", "to_numpy", "nearest_neighbors", "ExactNeighbors",
 ]
 
@@ -157,24 +158,43 @@ def enable_jit_cache() -> int:
         return _jit_cache_kernels
 
 
+def fast_layout_wanted() -> bool:
+    """False when ``DIFFVIEWS_FAST_LAYOUT`` is ``"0"`` (umap-learn's own layout kernel throughout)."""
+    return os.environ.get(FAST_LAYOUT_ENV, "").strip() != "0"
+
+
+def fast_layout_applies(params: dict) -> bool:
+    """Whether a umap-learn UMAP with constructor ``params`` lays its map out with
+    ``layout.optimize_layout`` (float32, serial): wanted, seeded, Euclidean output, no densMAP."""
+    return (fast_layout_wanted() and params.get("random_state") is not None
+            and params.get("output_metric", "euclidean") in ("euclidean", "l2")
+            and not params.get("densmap", False) and not params.get("output_dens", False))
+
+
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown UMAP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def make_umap(backend: str, **params):
-    """An unfitted UMAP estimator of ``backend`` with the given constructor parameters."""
+    """An unfitted UMAP estimator of ``backend`` with the given constructor parameters; a seeded
+    umap-learn one lays its map out in float32 (``layout.FastLayoutUMAP``, unless
+    ``DIFFVIEWS_FAST_LAYOUT=0``; see ``layout.fast_layout_applies``)."""
     _check_backend(backend)
     if backend == CUML:
         from cuml.manifold import UMAP
 
         return UMAP(**params)
-    from umap import UMAP
-
     enable_jit_cache()
     if params.get("random_state") is not None:
         # a fixed seed makes umap-learn single-threaded anyway; saying so avoids its warning
         params.setdefault("n_jobs", 1)
+    if fast_layout_applies(params):
+        from .layout import FastLayoutUMAP
+
+        return FastLayoutUMAP(**params)
+    from umap import UMAP
+
     return UMAP(**params)
 
 
@@ -221,11 +241,12 @@ def nearest_neighbors(X, k: int, backend: str | None = None, queries=None) -> tu
 
 
 class ExactNeighbors:
-    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), on the CPU.
+    """Exact Euclidean nearest neighbours among the rows of ``data`` (N, p), on the CPU: a
+    ``knn.KnnIndex`` prepared on the first query and kept for the next ones.
 
-    Distances are found with BLAS in float64 blocks and the chosen neighbours' distances are
-    then recomputed directly, so a row's own distance is exactly 0 and a query row gets the
-    same neighbours and distances whichever rows it is batched with.
+    The chosen neighbours' distances are recomputed directly in float64, so a row's own
+    distance is exactly 0 and a query row gets the same neighbours and distances whichever
+    rows it is batched with.
 
     It also answers umap-learn's search-index interface (``query(X, k, epsilon)`` returning
     ``(indices int32, distances float32)``, and ``_angular_trees``), so a UMAP fitted with
@@ -233,17 +254,15 @@ class ExactNeighbors:
     """
 
     _angular_trees = False  # read by umap-learn's transform to pick its search epsilon
-    block_rows = 512
 
     def __init__(self, data):
         self.data = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
         if self.data.ndim != 2 or self.data.shape[0] == 0:
             raise ValueError(f"data must be a non-empty (N, p) array, got shape {self.data.shape}")
-        self._data64 = None
-        self._sq_norms = None
+        self._index = None
 
     def __getstate__(self):
-        return {"data": self.data}  # the float64 copies are rebuilt on the first query
+        return {"data": self.data}  # the prepared index is rebuilt on the first query
 
     def __setstate__(self, state):
         self.__init__(state["data"])
@@ -251,30 +270,11 @@ class ExactNeighbors:
     def kneighbors(self, X, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest rows of ``data`` for each row of ``X``, nearest first (ties by row):
         ``(distances (M, k) float64, indices (M, k) int64)``."""
-        n = self.data.shape[0]
-        if not 1 <= int(k) <= n:
-            raise ValueError(f"k={k} is out of range: must be between 1 and the number of rows ({n})")
-        k = int(k)
-        Q = np.asarray(X, dtype=np.float64)
-        if Q.ndim != 2 or Q.shape[1] != self.data.shape[1]:
-            raise ValueError(f"queries must be (M, {self.data.shape[1]}), got shape {Q.shape}")
-        if self._data64 is None:
-            self._data64 = self.data.astype(np.float64)
-            self._sq_norms = np.einsum("ij,ij->i", self._data64, self._data64)
-        A, sq = self._data64, self._sq_norms
-        indices = np.empty((Q.shape[0], k), dtype=np.int64)
-        distances = np.empty((Q.shape[0], k), dtype=np.float64)
-        for start in range(0, Q.shape[0], self.block_rows):
-            q = Q[start:start + self.block_rows]
-            d2 = q @ A.T
-            d2 *= -2.0
-            d2 += sq  # |x|^2 - 2 q.x: the squared distance less |q|^2, which is the same along a row
-            cand = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(q), 1))
-            diff = A[cand] - q[:, None, :]
-            exact = np.sqrt(np.einsum("mkp,mkp->mk", diff, diff))
-            order = np.lexsort((cand, exact), axis=1)
-            indices[start:start + len(q)] = np.take_along_axis(cand, order, axis=1)
-            distances[start:start + len(q)] = np.take_along_axis(exact, order, axis=1)
+        from .knn import KnnIndex  # imports numba: only when searching
+
+        if self._index is None:
+            self._index = KnnIndex(self.data)
+        indices, distances = self._index.search(k, np.asarray(X))
         return distances, indices
 
     def query(self, X, k: int, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray]:
