@@ -139,7 +139,7 @@ def test_box_and_lasso_select_the_points_inside_and_leave_plotly_alone(page, run
     }}""")
 
     # box: the points inside (edges in map coordinates) become neighbours, the selected point excepted
-    cx, cy = screen_xy(page, 17)
+    cx, cy = (round(v) for v in screen_xy(page, 17))
     corners = [(cx + 40, cy + 30), (cx - 40, cy - 30)]  # dragged from the lower right
     (x0, y0), (x1, y1) = page.evaluate(TO_MAP_JS, corners)
     box = {int(i) for i in np.flatnonzero((xy[:, 0] >= min(x0, x1)) & (xy[:, 0] <= max(x0, x1))
@@ -162,8 +162,10 @@ def test_box_and_lasso_select_the_points_inside_and_leave_plotly_alone(page, run
     page.evaluate("() => { window.__afterplots = 0; }")
     left, top, right, bottom = page.evaluate(f"() => {{ const r = document.querySelector('{PLOT} .nsewdrag')"
                                              ".getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }")
-    mx, my = (left + right) / 2, (top + bottom) / 2  # a triangle around the middle of the plot area
-    w, h = 0.3 * (right - left), 0.3 * (bottom - top)
+    # a triangle around the middle of the plot area, on whole pixels (mouse events report whole pixels,
+    # so the page's lasso and this test's triangle are the same polygon)
+    mx, my = round((left + right) / 2), round((top + bottom) / 2)
+    w, h = round(0.3 * (right - left)), round(0.3 * (bottom - top))
     tri = [(mx - w, my + h), (mx + w, my + h), (mx, my - h)]
     page.mouse.move(*tri[0])
     page.mouse.down()

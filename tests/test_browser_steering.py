@@ -34,6 +34,22 @@ TRACE_POINTS_JS = """(name) => {
 }"""
 
 
+# the distance (px) from the screen point [x, y] to the nearest other point drawn on the map
+CLEARANCE_JS = """([x, y]) => {
+  const gd = document.querySelector('#umap-plot .js-plotly-plot');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  let best = Infinity;
+  for (const t of gd._fullData) {
+    if (!t.x || !t.y) continue;
+    for (let k = 0; k < t.x.length; k++) {
+      const d = Math.hypot(r.left + xa.l2p(t.x[k]) - x, r.top + ya.l2p(t.y[k]) - y);
+      if (d > 0.5) best = Math.min(best, d);
+    }
+  }
+  return best;
+}"""
+
 @pytest.fixture(scope="module")
 def page(browser, running_app):
     page = open_app(browser, running_app.url)
@@ -85,7 +101,8 @@ def test_extrapolated_steps_are_hollow_and_their_hover_says_why(page):
     assert line["extrapolated"]["symbol"] == "circle" and line[f"trajectory {s['active'][:6]}"]["n"] == 4
     page.evaluate("() => window.scrollTo(0, 0)")
     mine = [p for p in steps if p[4] == f"traj:{s['active']}:0"]
-    step, x, y = mine[0][:3]
+    # hover the step farthest from every other point drawn (trajectories of a sweep lie close together)
+    step, x, y = max(mine, key=lambda p: page.evaluate(CLEARANCE_JS, [p[1], p[2]]))[:3]
     page.mouse.move(x + 30, y + 30)
     page.mouse.move(x, y, steps=4)
     page.wait_for_function("() => document.querySelector('#preview-info').innerText"

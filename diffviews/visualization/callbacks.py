@@ -222,12 +222,20 @@ def guarded(fn):
 
 # ---- output helpers ----------------------------------------------------------------------------
 
+#: entries of a point list shown in the session panel (session_info)
+SESSION_LIST_MAX = 5000
+
 def session_info(vis: GradioVisualizer, state: Session) -> dict:
+    """The session panel: the state as JSON. Point lists show their first ``SESSION_LIST_MAX``
+    entries (``n_neighbours`` / ``n_set_b`` count them all): the browser copies the panel's value on
+    every event, ~1.5 ms per thousand entries, and a box on a dense map adds thousands."""
     md = vis.model(state.model)
-    info = {f.name: list(v) if isinstance(v := getattr(state, f.name), tuple) else v for f in fields(state)}
+    info = {f.name: list(v[:SESSION_LIST_MAX]) if isinstance(v := getattr(state, f.name), tuple) else v
+            for f in fields(state)}
     info["class_filter"] = None if state.class_filter is None else md.class_name(state.class_filter)
     info.update(n_points=md.n_points, layers=md.hookable_layers, models=vis.model_names,
-                neighbours=list(state.manual), generations=list(state.generations))
+                neighbours=list(state.manual[:SESSION_LIST_MAX]), n_neighbours=len(state.manual),
+                n_set_b=len(state.set_b), generations=list(state.generations))
     info.pop("manual")
     info.pop("sid")
     return info

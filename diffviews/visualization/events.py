@@ -4,12 +4,15 @@ outputs, in which concurrency group; the queue's limits. ``app.py`` wires it."""
 from . import callbacks as cb
 from . import steering as st
 
-VIEW = ["plot", "status", "session_info", "overlay"]
+#: what every map event updates; only a new base (model, layer, view, class filter) also sends the figure:
+#: Gradio snapshots each output's value when the event starts and ends (~0.25 s for a 1M-point figure)
+VIEW = ["status", "session_info", "overlay"]
+REDRAW = ["plot", *VIEW]
 SELECTION = ["selected_image", "selected_info", "neighbor_gallery"]
 GENERATION = ["generated_image", "steps_gallery", "frame_image", "frame_info", "trajectory_dropdown"]
 MODEL = ["model_dropdown", "layer_dropdown", "class_filter", "gen_class", "gen_steps", "gen_mask_steps",
          "gen_guidance", "gen_noise_max", "gen_noise_min"]
-FRAME = ["plot", "session_info", "frame_image", "frame_info", "overlay", "status"]
+FRAME = ["session_info", "frame_image", "frame_info", "overlay", "status"]
 GEN_INPUTS = ["gen_class", "gen_steps", "gen_mask_steps", "gen_alpha", "gen_guidance", "gen_noise_max",
               "gen_noise_min", "gen_noise_mode", "gen_seed", "gen_samples"]
 STEER_INPUTS = ["gen_class", "gen_steps", "window_from", "window_to", "gen_mode", "gen_alpha", "steer_layers",
@@ -24,12 +27,12 @@ EVENTS = {
                      VIEW + SELECTION, "light"),
     "knn": ("knn_button", "click", st.suggest_knn, ["knn_k", "knn_space"], VIEW + SELECTION, "light"),
     "clear_selection": ("clear_button", "click", cb.clear_selection, [], VIEW + SELECTION, "light"),
-    "filter_class": ("class_filter", "input", cb.filter_class, ["class_filter"], VIEW, "light"),
+    "filter_class": ("class_filter", "input", cb.filter_class, ["class_filter"], REDRAW, "light"),
     "switch_model": ("model_dropdown", "input", cb.switch_model, ["model_dropdown"],
-                     VIEW + SELECTION + GENERATION + MODEL, "model"),
+                     REDRAW + SELECTION + GENERATION + MODEL, "model"),
     "switch_layer": ("layer_dropdown", "input", cb.switch_layer, ["layer_dropdown"],
-                     VIEW + SELECTION + GENERATION + ["layer_dropdown"], "layer"),
-    "switch_view": ("view_radio", "input", cb.switch_view, ["view_radio"], VIEW + SELECTION + ["view_radio"],
+                     REDRAW + SELECTION + GENERATION + ["layer_dropdown"], "layer"),
+    "switch_view": ("view_radio", "input", cb.switch_view, ["view_radio"], REDRAW + SELECTION + ["view_radio"],
                     "layer"),
     "generate": ("generate_legacy_button", "click", cb.generate, GEN_INPUTS, VIEW + GENERATION, "generate"),
     "choose_trajectory": ("trajectory_dropdown", "input", cb.choose_trajectory, ["trajectory_dropdown"],
