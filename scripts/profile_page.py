@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from diffviews.bench.browser import CHROMIUM, CHROMIUM_ARGS, DRAWN_JS, PLOT, VIEWPORT, _App
+from diffviews.bench.browser import CHROMIUM, CHROMIUM_ARGS, DRAWN_JS, PLOT, SERVER_SETUP, VIEWPORT, _App
 
 #: records when the plot div appears and plotly's first afterplot, in performance.now() ms
 PROBE_JS = """
@@ -51,18 +51,9 @@ def _short(url: str) -> str:
 
 
 #: the floor: a bare Blocks holding only a gr.Plot of the same figure (argv as bench.browser.SERVER's)
-FLOOR_SERVER = """
-import sys
-from pathlib import Path
+FLOOR_SERVER = SERVER_SETUP + """
 import gradio as gr
-from diffviews.bench.scale import _serve_synthetic
 from diffviews.visualization import callbacks as cb
-from diffviews.visualization.visualizer import GradioVisualizer
-data_dir, n, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-vis = GradioVisualizer(data_dir, device="cpu")
-(name,) = _serve_synthetic(vis, data_dir, [n])
-vis.default_model = name
-vis.model(name)
 session = cb.initial_session(vis)
 with gr.Blocks() as demo:
     gr.Plot(cb.figure(vis, session), show_label=False, elem_id="umap-plot")

@@ -38,18 +38,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1440, "height": 1000}
 PLOT = "#umap-plot .js-plotly-plot"
 
-#: the app process: serve one synthetic model of N points (argv: data dir, N, port)
-SERVER = """
+#: a server process's start: ``vis`` holds one synthetic model of N points (argv: data dir, N, port)
+SERVER_SETUP = """
 import sys
 from pathlib import Path
 from diffviews.bench.scale import _serve_synthetic
-from diffviews.visualization.app import create_gradio_app, launch_app
 from diffviews.visualization.visualizer import GradioVisualizer
 data_dir, n, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 vis = GradioVisualizer(data_dir, device="cpu")
 (name,) = _serve_synthetic(vis, data_dir, [n])
 vis.default_model = name
 vis.model(name)
+"""
+#: the app process: the app on that model
+SERVER = SERVER_SETUP + """
+from diffviews.visualization.app import create_gradio_app, launch_app
 demo = create_gradio_app(vis, warmup=False)
 launch_app(demo, host="127.0.0.1", port=port, quiet=True)
 """
