@@ -3,12 +3,11 @@
 import asyncio
 import re
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-pytest.importorskip("gradio")
-
-from diffviews.visualization.preload import ASSETS, COMPILE_HINT, PreloadPlotly, plotly_chunk, preload_tag  # noqa: E402
+from diffviews.visualization.preload import ASSETS, COMPILE_HINT, PreloadPlotly, plotly_chunk, preload_tag
 
 PRELOAD = re.compile(rb'<link rel="modulepreload" crossorigin href="\./assets/([^"]+)">')
 
@@ -47,8 +46,10 @@ def _serve(app, path: str) -> tuple[list[dict], bytes]:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(PreloadPlotly(app, chunk="PlotlyPlot-x.js")({"type": "http", "method": "GET", "path": path},
-                                                            receive, send))
+    scope = {"type": "http", "method": "GET", "path": path}
+    request = PreloadPlotly(app, chunk="PlotlyPlot-x.js")(scope, receive, send)
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own: another test's client may run one in this thread
+        pool.submit(asyncio.run, request).result()
     return sent, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 

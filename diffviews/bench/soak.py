@@ -420,7 +420,8 @@ def abuse_flood(url: str, tally: Tally, downloads: Path, deadline: float) -> Non
         for job in jobs:
             try:
                 result = job.result(timeout=max(deadline - time.monotonic(), 0.0) + 30.0)
-                status = str(result[1] if isinstance(result, (list, tuple)) and len(result) > 1 else result)
+                named = dict(zip(_outputs("generate"), result)) if isinstance(result, (list, tuple)) else {}
+                status = str(named.get("status", result))
                 tally.abused("queue_flood", "refused busy" if "busy" in status.lower() else
                              ("refused other" if status.startswith(ERROR_PREFIX) else "ran"))
             except TimeoutError:
