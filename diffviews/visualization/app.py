@@ -27,6 +27,7 @@ import gradio as gr
 
 from ..processing.umap import warmup as umap_warmup
 from . import callbacks as cb
+from . import gradio_cache
 from .events import (
     CACHE_CLEANUP,
     CONCURRENCY,
@@ -109,6 +110,7 @@ def create_gradio_app(visualizer: GradioVisualizer, warmup: bool = True, notice:
     ``warmup`` starts umap-learn's JIT compilation in a background thread (once per process).
     ``notice`` (default: the visualizer's own, e.g. "browse only") is shown on every page load."""
     limit_malloc_arenas()  # before the serving threads start: one heap per thread would only grow
+    gradio_cache.install()  # two sessions shown the same image must not rewrite its cached file
     if warmup:
         umap_warmup(background=True)
     vis = visualizer
