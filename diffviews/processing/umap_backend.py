@@ -179,7 +179,7 @@ def _check_backend(backend: str) -> None:
 def make_umap(backend: str, **params):
     """An unfitted UMAP estimator of ``backend`` with the given constructor parameters; a seeded
     umap-learn one lays its map out in float32 (``layout.FastLayoutUMAP``, unless
-    ``DIFFVIEWS_FAST_LAYOUT=0``; see ``layout.fast_layout_applies``)."""
+    ``DIFFVIEWS_FAST_LAYOUT=0``; see ``fast_layout_applies``)."""
     _check_backend(backend)
     if backend == CUML:
         from cuml.manifold import UMAP

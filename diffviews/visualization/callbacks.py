@@ -225,6 +225,7 @@ def guarded(fn):
 #: entries of a point list shown in the session panel (session_info)
 SESSION_LIST_MAX = 5000
 
+
 def session_info(vis: GradioVisualizer, state: Session) -> dict:
     """The session panel: the state as JSON. Point lists show their first ``SESSION_LIST_MAX``
     entries (``n_neighbours`` / ``n_set_b`` count them all): the browser copies the panel's value on
